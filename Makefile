@@ -1,0 +1,35 @@
+# Two set-up commands for a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test lint serve-env dev-env
+
+# Serving environment: the service's dependencies only (no torch).
+$(BIN)/.serve-env: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade "pip>=25.1"
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# Development environment: serving + offline (torch, onnx, teacher) + dev tools.
+# facenet-pytorch pins torch<2.3 and numpy<2 although it runs on current ones; install it WITHOUT its
+# dependencies. It provides the MTCNN weights and the reference detector for the parity test.
+$(BIN)/.dev-env: $(BIN)/.serve-env
+	$(BIN)/pip install -q -e ".[offline]" --group dev
+	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0
+	touch $@
+
+serve-env: $(BIN)/.serve-env
+dev-env: $(BIN)/.dev-env
+
+run: $(BIN)/.serve-env
+	$(BIN)/faceverify serve --host 127.0.0.1 --port 8000
+
+lint: $(BIN)/.dev-env
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(BIN)/.dev-env
+	$(BIN)/ruff check .
+	$(BIN)/pytest

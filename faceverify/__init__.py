@@ -1,0 +1,1 @@
+"""The ``faceverify`` command line: thin subcommands over the library packages."""

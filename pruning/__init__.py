@@ -1,0 +1,1 @@
+"""Offline work (PyTorch): export, distillation, Taylor pruning, evaluation. Never imported by the service."""

@@ -1,0 +1,1 @@
+"""SqueezerFaceNet face-verification service (serving path: no torch)."""

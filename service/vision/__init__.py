@@ -1,0 +1,1 @@
+"""Face preprocessing shared by serving and training: decode → detect → align."""

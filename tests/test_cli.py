@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+
+from model_store import DEFAULT_ROOT
+from tests.conftest import DATA, LFW_SAMPLES
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "faceverify.cli", *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_models_list_json() -> None:
+    result = run_cli("models", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    listed = json.loads(result.stdout)
+    assert "mtcnn@1" in [row["ref"] for row in listed["models"]]
+
+
+def test_models_show_and_table() -> None:
+    shown = run_cli("models", "show", "mtcnn@1")
+    assert shown.returncode == 0
+    assert json.loads(shown.stdout)["kind"] == "detector"
+    table = run_cli("models", "list")
+    assert table.stdout.splitlines()[0].split()[:2] == ["REF", "KIND"]
+
+
+def test_models_verify_passes_then_fails_on_tampering(tmp_path: Path) -> None:
+    assert run_cli("models", "verify").returncode == 0
+    root = shutil.copytree(DEFAULT_ROOT, tmp_path / "store")
+    (root / "mtcnn" / "1" / "pnet.onnx").write_bytes(b"garbage")
+    result = run_cli("--store", str(root), "models", "verify", "--json")
+    assert result.returncode == 1
+    [row] = json.loads(result.stdout)
+    assert not row["ok"] and "pnet.onnx" in row["error"]
+
+
+def test_unknown_model_is_a_clean_error() -> None:
+    result = run_cli("models", "show", "nosuchmodel")
+    assert result.returncode == 1
+    assert "unknown model 'nosuchmodel'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_detect_prints_faces_and_writes_aligned_crops(tmp_path: Path) -> None:
+    image = LFW_SAMPLES[0]
+    result = run_cli("detect", str(image), "--crops", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert len(report["faces"]) >= 1
+    face = report["faces"][0]
+    assert len(face["box"]) == 4 and len(face["landmarks"]) == 5 and 0.7 <= face["score"] <= 1.0
+    crops = sorted(tmp_path.glob("*.png"))
+    assert len(crops) == len(report["faces"])
+    assert cv2.imread(str(crops[0])).shape == (112, 112, 3)
+
+
+def test_detect_reports_bad_input_without_traceback(tmp_path: Path) -> None:
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("this is not an image")
+    result = run_cli("detect", str(fake))
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["error"] in {"invalid_image", "unsupported_format"}
+    assert "Traceback" not in result.stderr
+
+
+def test_detect_group_photo(tmp_path: Path) -> None:
+    result = run_cli("detect", str(DATA / "selfie-many-people.jpg"))
+    assert len(json.loads(result.stdout)["faces"]) >= 3
