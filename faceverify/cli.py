@@ -114,6 +114,112 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- prep -----------------------------------------------------------------------------------------
+def cmd_prep(args: argparse.Namespace) -> int:
+    from pruning.data.paths import data_root
+    from pruning.data.prep import PrepConfig, load_labels, prepare
+    from pruning.data.sources import SOURCES, extract
+
+    root = args.data or data_root()
+    config = PrepConfig(workers=args.workers, min_face_size=args.min_face_size, shard_size=args.shard_size)
+    jobs: list[tuple[str, Path, Path | None]] = []
+    if args.source:
+        names = list(SOURCES) if args.source == ["all"] else args.source
+        for name in names:
+            if name not in SOURCES:
+                print(f"unknown source {name!r}; known: {', '.join(SOURCES)}", file=sys.stderr)
+                return 2
+            folder = extract(SOURCES[name], root / "raw")
+            jobs.append((name, folder, folder / "labels.csv"))
+    elif args.folder:
+        jobs.append((args.name or args.folder.name, args.folder, args.labels))
+    else:
+        print("faceverify prep: give a FOLDER or --source NAME", file=sys.stderr)
+        return 2
+    for name, folder, labels in jobs:
+        counts = prepare(folder, root / "crops" / name, name=name, labels=load_labels(labels), config=config)
+        print(json.dumps({"source": name, **counts}))
+    return 0
+
+
+# ---- teacher --------------------------------------------------------------------------------------
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from pruning.data.paths import data_root
+    from pruning.teacher import build_teacher_cache
+
+    crops_root = (args.data or data_root()) / "crops"
+    names = args.source or sorted(p.name for p in crops_root.iterdir() if (p / "meta.json").exists())
+    for name in names:
+        described = build_teacher_cache(crops_root / name, workers=args.workers)
+        print(json.dumps({"source": name, "described": described}))
+    return 0
+
+
+# ---- eval -----------------------------------------------------------------------------------------
+def _teacher_embed_fn():
+    from pruning.teacher import DlibTeacher
+
+    teacher = DlibTeacher()
+
+    def embed(images, faces):
+        import numpy as np
+
+        return np.stack([teacher.describe(img, face.box) for img, face in zip(images, faces, strict=True)])
+
+    return embed
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pruning.data.paths import data_root
+    from pruning.evaluate import crop_embedder, evaluate, read_pairs, write_report
+
+    store = ModelStore(args.store)
+    if args.teacher:
+        label, embed = "dlib-teacher", _teacher_embed_fn()
+    elif args.torch:
+        from pruning.checkpoint import load_embedder_checkpoint
+
+        label, embed = load_embedder_checkpoint(args.torch)
+    elif args.variant:
+        from service.inference.embedder import Embedder
+
+        embedder = Embedder.from_store(store, args.variant, intra_op_threads=args.threads)
+        label, embed = embedder.ref, crop_embedder(embedder.embed, embedder.template)
+    else:
+        print("faceverify eval: give --variant, --torch or --teacher", file=sys.stderr)
+        return 2
+    pairs = read_pairs(args.pairs)
+    metrics = evaluate(pairs, args.images_root, embed, store=store, cache_dir=data_root() / "eval-cache")
+    summary = {k: v for k, v in metrics.items() if k not in ("roc", "fold_accuracies")}
+    print(json.dumps({"label": label, **summary}, indent=2))
+    if args.json:
+        write_report(metrics, args.json, label)
+    return 0
+
+
+# ---- train ----------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from pruning.data.paths import data_root
+    from pruning.train import TrainConfig, train
+
+    config = TrainConfig(
+        run_dir=args.run_dir,
+        crops_root=(args.data or data_root()) / "crops",
+        sources=args.source,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        threads=args.threads,
+        init=args.init,
+        max_steps=args.max_steps,
+        val_every=args.val_every,
+        seed=args.seed,
+    )
+    best = train(config)
+    print(json.dumps({"best": str(best), "run_dir": str(args.run_dir)}))
+    return 0
+
+
 # ---- export-mtcnn ---------------------------------------------------------------------------------
 def cmd_export_mtcnn(args: argparse.Namespace) -> int:
     from pruning.mtcnn_export import export_and_publish
@@ -125,6 +231,8 @@ def cmd_export_mtcnn(args: argparse.Namespace) -> int:
 
 # ---- serve ----------------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
     import uvicorn
 
     from service.config import Settings
@@ -132,7 +240,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     settings = Settings(**overrides)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # uvicorn's access log prints raw paths, and /v1/users/{user_id} paths carry user ids; the service writes
+    # its own access line (logger service.access) with the route template instead.
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False
+    )
     return 0
 
 
@@ -162,6 +275,52 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.set_defaults(handler=cmd_serve)
+
+    prep = sub.add_parser("prep", help="photos → aligned 112×112 crop cache (resumable)")
+    prep.add_argument("folder", nargs="?", type=Path, help="any folder of face photos")
+    prep.add_argument("--name", help="cache name for FOLDER (default: folder name)")
+    prep.add_argument("--labels", type=Path, help="CSV file,identity for FOLDER")
+    prep.add_argument("--source", nargs="+", help="named training source(s) from SOURCES.md, or 'all'")
+    prep.add_argument(
+        "--data", type=Path, help="data root (default: $FACEVERIFY_DATA or ~/.cache/squeezerfacenet)"
+    )
+    prep.add_argument("--workers", type=int, default=2)
+    prep.add_argument("--min-face-size", type=int, default=20)
+    prep.add_argument("--shard-size", type=int, default=2048)
+    prep.set_defaults(handler=cmd_prep)
+
+    teacher = sub.add_parser("teacher", help="cache the dlib teacher's descriptors of prepared crops")
+    teacher.add_argument("--source", nargs="+", help="prepared caches to describe (default: all)")
+    teacher.add_argument("--data", type=Path, help="data root (default: $FACEVERIFY_DATA or ~/.cache/...)")
+    teacher.add_argument("--workers", type=int, default=2)
+    teacher.set_defaults(handler=cmd_teacher)
+
+    tr = sub.add_parser("train", help="distil the teacher into a SqueezeFaceNet student (resumable)")
+    tr.add_argument("--run-dir", type=Path, required=True, help="checkpoints and curves; rerun to resume")
+    tr.add_argument("--data", type=Path, help="data root (default: $FACEVERIFY_DATA or ~/.cache/...)")
+    tr.add_argument("--source", nargs="+", help="crop caches to train on (default: all with teacher files)")
+    tr.add_argument("--epochs", type=int, default=10)
+    tr.add_argument("--batch-size", type=int, default=128)
+    tr.add_argument("--lr", type=float, default=3e-3)
+    tr.add_argument("--threads", type=int, default=2)
+    tr.add_argument("--init", type=Path, help="start from these weights (a new schedule)")
+    tr.add_argument("--max-steps", type=int)
+    tr.add_argument("--val-every", type=int, default=1000)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.set_defaults(handler=cmd_train)
+
+    ev = sub.add_parser("eval", help="verification accuracy end to end from raw photos (LFW protocol)")
+    which = ev.add_mutually_exclusive_group(required=True)
+    which.add_argument("--variant", help="published embedder NAME[@VERSION]")
+    which.add_argument("--torch", type=Path, metavar="CHECKPOINT", help="a training checkpoint")
+    which.add_argument("--teacher", action="store_true", help="the dlib teacher")
+    ev.add_argument(
+        "--pairs", type=Path, required=True, help="LFW pairs.txt or CSV path_a,path_b,same[,fold]"
+    )
+    ev.add_argument("--images-root", type=Path, required=True)
+    ev.add_argument("--json", type=Path, help="write metrics here (and a ROC PNG beside it)")
+    ev.add_argument("--threads", type=int, default=2)
+    ev.set_defaults(handler=cmd_eval)
 
     export = sub.add_parser("export-mtcnn", help="export facenet-pytorch's MTCNN to ONNX and publish it")
     export.set_defaults(handler=cmd_export_mtcnn)

@@ -1,0 +1,1 @@
+"""Training data: source extraction, face-crop cache preparation and reading."""

@@ -1,0 +1,252 @@
+"""``faceverify eval``: verification accuracy of a face embedder end to end from raw photos.
+
+Every photo goes through the serving preprocessing (decode → MTCNN → largest face → 5-point alignment).
+Protocol for LFW View 2 (Huang et al. 2007): 10 folds of 600 pairs; each fold's accuracy uses the threshold
+that maximises accuracy on the other nine folds. Also EER and TAR at FAR = 1e-3 over all pairs.
+A photo where no face is found still counts: it falls back to a fixed centre alignment, and the number of
+such photos is reported as ``failures_to_acquire``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model_store import ModelStore
+from service.vision.align import align_face, get_template
+from service.vision.decode import decode_image
+from service.vision.detect import DetectorConfig, MTCNNDetector
+
+
+@dataclass(frozen=True)
+class Pair:
+    path_a: str
+    path_b: str
+    same: bool
+    fold: int
+
+
+def read_pairs(path: Path) -> list[Pair]:
+    """LFW ``pairs.txt`` (header ``10 300``) or CSV ``path_a,path_b,same[,fold]`` (paths relative to root)."""
+    lines = path.read_text().splitlines()
+    header = lines[0].split()
+    if len(header) == 2 and all(h.isdigit() for h in header):
+        folds, per_fold = int(header[0]), int(header[1])
+        pairs = []
+        for index, line in enumerate(lines[1 : 1 + folds * 2 * per_fold]):
+            parts = line.split()
+            fold = index // (2 * per_fold)
+            if len(parts) == 3:
+                name, a, b = parts
+                pairs.append(Pair(_lfw(name, a), _lfw(name, b), True, fold))
+            else:
+                name_a, a, name_b, b = parts
+                pairs.append(Pair(_lfw(name_a, a), _lfw(name_b, b), False, fold))
+        return pairs
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [
+        Pair(
+            row["path_a"],
+            row["path_b"],
+            row["same"].strip().lower() in {"1", "true", "yes", "same"},
+            int(row["fold"]) if row.get("fold") not in (None, "") else index % 10,
+        )
+        for index, row in enumerate(rows)
+    ]
+
+
+def _lfw(name: str, number: str) -> str:
+    return f"{name}/{name}_{int(number):04d}.jpg"
+
+
+# ---- faces ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AcquiredFace:
+    landmarks: np.ndarray  # (5, 2)
+    box: np.ndarray  # (4,)
+    detected: bool
+
+
+def centre_fallback(height: int, width: int, template: str = "arcface_112") -> AcquiredFace:
+    """Template landmarks scaled onto a centred square of half the image's shorter side.
+
+    For LFW's 250×250 deep-funneled photos this lands close to where the subject's face is.
+    """
+    spec = get_template(template)
+    side = 0.5 * min(height, width)
+    scale = side / spec.size[0]
+    offset = np.array([(width - side) / 2, (height - side) / 2])
+    landmarks = spec.points * scale + offset
+    box = np.array([offset[0], offset[1], offset[0] + side, offset[1] + side])
+    return AcquiredFace(landmarks.astype(np.float32), box.astype(np.float32), detected=False)
+
+
+def acquire_faces(
+    root: Path, paths: Sequence[str], detector: MTCNNDetector, cache: Path | None = None
+) -> dict[str, AcquiredFace]:
+    """Largest face of each photo (the service's choice), cached by detector and photo list."""
+    from tqdm import tqdm
+
+    if cache is not None and cache.exists():
+        saved = np.load(cache, allow_pickle=False)
+        if list(saved["paths"]) == list(paths):
+            return {
+                p: AcquiredFace(saved["landmarks"][i], saved["boxes"][i], bool(saved["detected"][i]))
+                for i, p in enumerate(paths)
+            }
+    faces: dict[str, AcquiredFace] = {}
+    for path in tqdm(paths, desc="detect", unit="photo"):
+        image = decode_image((root / path).read_bytes(), max_pixels=50_000_000)
+        found = detector.detect(image)
+        faces[path] = (
+            AcquiredFace(found[0].landmarks, found[0].box, True)
+            if found
+            else centre_fallback(*image.shape[:2])
+        )
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            cache,
+            paths=np.array(paths),
+            landmarks=np.stack([faces[p].landmarks for p in paths]),
+            boxes=np.stack([faces[p].box for p in paths]),
+            detected=np.array([faces[p].detected for p in paths]),
+        )
+    return faces
+
+
+# ---- embedding ------------------------------------------------------------------------------------
+# An embedder maps (photo, face) pairs to unit vectors; batched over photos for speed.
+FaceEmbedFn = Callable[[list[np.ndarray], list[AcquiredFace]], np.ndarray]
+
+
+def crop_embedder(embed_crops: Callable[[np.ndarray], np.ndarray], template: str) -> FaceEmbedFn:
+    """Wrap a crops → embeddings function (ONNX variant or torch model) with the serving alignment."""
+
+    def embed(images: list[np.ndarray], faces: list[AcquiredFace]) -> np.ndarray:
+        crops = np.stack(
+            [align_face(img, f.landmarks, template) for img, f in zip(images, faces, strict=True)]
+        )
+        return embed_crops(crops)
+
+    return embed
+
+
+def embed_photos(
+    root: Path, faces: dict[str, AcquiredFace], embed: FaceEmbedFn, batch_size: int = 64
+) -> dict[str, np.ndarray]:
+    from tqdm import tqdm
+
+    paths = list(faces)
+    out: dict[str, np.ndarray] = {}
+    for start in tqdm(range(0, len(paths), batch_size), desc="embed", unit="batch"):
+        chunk = paths[start : start + batch_size]
+        images = [decode_image((root / p).read_bytes(), max_pixels=50_000_000) for p in chunk]
+        vectors = embed(images, [faces[p] for p in chunk])
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        out.update(zip(chunk, vectors, strict=True))
+    return out
+
+
+# ---- metrics --------------------------------------------------------------------------------------
+def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
+    """Threshold maximising accuracy (midpoints between sorted scores)."""
+    order = np.sort(np.unique(scores))
+    candidates = np.concatenate([[order[0] - 1e-6], (order[1:] + order[:-1]) / 2, [order[-1] + 1e-6]])
+    accuracies = [np.mean((scores > t) == same) for t in candidates]
+    return float(candidates[int(np.argmax(accuracies))])
+
+
+def verification_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict[str, object]:
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fold_acc, fold_thr = [], []
+    for fold in np.unique(folds):
+        train, test = folds != fold, folds == fold
+        threshold = best_threshold(scores[train], same[train])
+        fold_thr.append(threshold)
+        fold_acc.append(float(np.mean((scores[test] > threshold) == same[test])))
+    fpr, tpr, thresholds = roc_curve(same, scores)
+    fnr = 1 - tpr
+    eer_index = int(np.nanargmin(np.abs(fnr - fpr)))
+    at_far = fpr <= 1e-3
+    return {
+        "accuracy_mean": float(np.mean(fold_acc)),
+        "accuracy_std": float(np.std(fold_acc)),
+        "fold_accuracies": fold_acc,
+        "threshold_mean": float(np.mean(fold_thr)),
+        "eer": float((fpr[eer_index] + fnr[eer_index]) / 2),
+        "tar_at_far_1e-3": float(tpr[at_far].max()) if at_far.any() else 0.0,
+        "auc": float(roc_auc_score(same, scores)),
+        "n_pairs": len(scores),
+        "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": thresholds.tolist()},
+    }
+
+
+def plot_roc(curves: dict[str, dict[str, object]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+    for label, metrics in curves.items():
+        roc = metrics["roc"]
+        ax.plot(
+            np.maximum(roc["fpr"], 1e-4), roc["tpr"], label=f"{label} (acc {metrics['accuracy_mean']:.4f})"
+        )
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4, 1)
+    ax.set_xlabel("false accept rate")
+    ax.set_ylabel("true accept rate")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def evaluate(
+    pairs: list[Pair],
+    root: Path,
+    embed: FaceEmbedFn,
+    *,
+    store: ModelStore | None = None,
+    detector_ref: str = "mtcnn",
+    cache_dir: Path | None = None,
+) -> dict[str, object]:
+    store = store or ModelStore()
+    detector = MTCNNDetector.from_store(store, detector_ref, DetectorConfig())
+    paths = sorted({p.path_a for p in pairs} | {p.path_b for p in pairs})
+    cache = None
+    if cache_dir is not None:
+        key = hashlib.sha256(
+            (
+                str(root.resolve()) + "\n".join(paths) + store.manifest(detector_ref).artifacts["onet"].sha256
+            ).encode()
+        ).hexdigest()[:16]
+        cache = cache_dir / f"faces-{key}.npz"
+    faces = acquire_faces(root, paths, detector, cache)
+    vectors = embed_photos(root, faces, embed)
+    scores = np.array([float(vectors[p.path_a] @ vectors[p.path_b]) for p in pairs])
+    same = np.array([p.same for p in pairs])
+    folds = np.array([p.fold for p in pairs])
+    metrics = verification_metrics(scores, same, folds)
+    metrics["failures_to_acquire"] = sum(1 for f in faces.values() if not f.detected)
+    metrics["n_photos"] = len(paths)
+    return metrics
+
+
+def write_report(metrics: dict[str, object], out: Path, label: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    slim = {k: v for k, v in metrics.items() if k != "roc"}
+    out.write_text(json.dumps(slim | {"label": label}, indent=2) + "\n")
+    plot_roc({label: metrics}, out.with_suffix(".png"), f"ROC — {label}")

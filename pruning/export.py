@@ -1,0 +1,101 @@
+"""Export a SqueezeFaceNet (dense or pruned) to ONNX and publish it in the model store."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+
+from model_store import InputSpec, Manifest, ModelStore, OutputSpec, Provenance
+from pruning.models import MODEL_CARD, SqueezeFaceNet, count_flops, count_params
+from service.vision.tensor import crops_to_tensor
+
+OPSET = 18
+
+
+class _Normalised(torch.nn.Module):
+    """Unit-length output inside the graph, so every consumer compares embeddings the same way."""
+
+    def __init__(self, model: SqueezeFaceNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model(x), dim=1)
+
+
+def export_onnx(model: SqueezeFaceNet, path: Path) -> None:
+    model = model.eval()
+    example = torch.zeros(2, 3, *MODEL_CARD["input_size"])  # type: ignore[misc]
+    torch.onnx.export(
+        _Normalised(model),
+        (example,),
+        str(path),
+        input_names=["input"],
+        output_names=["embedding"],
+        dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
+        opset_version=OPSET,
+        dynamo=True,  # the torch.export-based exporter (the TorchScript one is deprecated)
+        external_data=False,  # one self-contained file: the store pins it by one sha256
+        verbose=False,
+    )
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def parity(model: SqueezeFaceNet, path: Path, crops: np.ndarray) -> float:
+    """Smallest cosine between torch and ONNX Runtime embeddings of the same real crops."""
+    x = crops_to_tensor(crops, MODEL_CARD["mean"], MODEL_CARD["std"])  # type: ignore[arg-type]
+    with torch.no_grad():
+        expected = F.normalize(model.eval()(torch.from_numpy(x)), dim=1).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input": x})
+    return float(np.min(np.sum(expected * got, axis=1) / np.linalg.norm(got, axis=1)))
+
+
+def publish_embedder(
+    store: ModelStore,
+    model: SqueezeFaceNet,
+    *,
+    name: str,
+    parity_crops: np.ndarray,
+    description: str,
+    metrics: dict[str, dict[str, float | int | str]],
+    thresholds: dict[str, float],
+    provenance: Provenance,
+    parent: str | None = None,
+    pruning: dict[str, object] | None = None,
+    min_parity: float = 0.9999,
+) -> Manifest:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(model, path)
+        cosine = parity(model, path, parity_crops)
+        if cosine < min_parity:
+            raise RuntimeError(f"ONNX parity too low: min cosine {cosine:.6f} < {min_parity}")
+        manifest = Manifest(
+            name=name,
+            version=1,
+            kind="embedder",
+            description=description,
+            artifacts={},
+            parent=parent,
+            input=InputSpec(
+                size=MODEL_CARD["input_size"],  # type: ignore[arg-type]
+                mean=MODEL_CARD["mean"],  # type: ignore[arg-type]
+                std=MODEL_CARD["std"],  # type: ignore[arg-type]
+                alignment_template=str(MODEL_CARD["alignment_template"]),
+            ),
+            output=OutputSpec(embedding_dim=model.config.embedding_dim, normalised=True),
+            params=count_params(model),
+            flops=count_flops(model),
+            metrics=metrics | {"onnx_parity": {"min_cosine": cosine, "crops": len(parity_crops)}},
+            thresholds=thresholds,
+            provenance=provenance,
+            pruning=pruning,
+        )
+        return store.publish(manifest, {"model": path})

@@ -1,0 +1,19 @@
+"""Model factories with metadata (input size, normalisation, template), timm style."""
+
+from pruning.models.squeezefacenet import (
+    MODEL_CARD,
+    SqueezeFaceNet,
+    SqueezeFaceNetConfig,
+    count_flops,
+    count_params,
+    create_model,
+)
+
+__all__ = [
+    "MODEL_CARD",
+    "SqueezeFaceNet",
+    "SqueezeFaceNetConfig",
+    "count_flops",
+    "count_params",
+    "create_model",
+]

@@ -1,0 +1,230 @@
+"""``faceverify train``: distil the dlib teacher into a SqueezeFaceNet student.
+
+Target space. dlib's descriptors are not zero-centred (strangers' mean cosine ≈ 0.85), so a cosine loss to
+the raw vectors rewards the student for the shared mean direction and collapses it. Targets are therefore
+``normalize(d - mean_train)``: centred on the training mean, then unit length; strangers then sit near
+cosine 0 and the loss spends its capacity on what tells faces apart.
+
+Loss = (1 - cos(student, target))                                 embedding (pointwise) distillation
+     + sp_weight  * mean((S_s - S_t)²)                            similarity-preserving (Tung & Mori 2019)
+     + nce_weight * CE(S_st / τ, diagonal)                        contrastive: a face nearest its own target
+where S_s, S_t are the batch's cosine-similarity matrices among students / targets and S_st between them.
+
+Resumable: ``last.pt`` (weights, optimiser, schedule, step) is written every ``checkpoint_every`` steps and on
+SIGINT/SIGTERM; ``best.pt`` holds the weights with the best validation TAR at FMR 1e-3 (identity-held-out
+CelebA/RMFD faces — never LFW). ``metrics.jsonl`` and ``curves.png`` record the learning curves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pruning.augment import augment
+from pruning.calibrate import calibrate
+from pruning.checkpoint import load_checkpoint, save_checkpoint, torch_embed_fn
+from pruning.data.faceset import FaceSet, load_faceset, validation_mask
+from pruning.models import MODEL_CARD, count_params, create_model
+from service.vision.tensor import crops_to_tensor
+
+
+@dataclass
+class TrainConfig:
+    run_dir: Path
+    crops_root: Path
+    sources: list[str] | None = None
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    warmup_steps: int = 300
+    sp_weight: float = 2.0
+    nce_weight: float = 0.2
+    nce_temperature: float = 0.1
+    seed: int = 0
+    threads: int = 2
+    checkpoint_every: int = 200
+    val_every: int = 1000
+    val_fraction: float = 0.1
+    init: Path | None = None
+    max_steps: int | None = None
+    arch: dict[str, object] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+def distillation_loss(
+    student: torch.Tensor, target: torch.Tensor, config: TrainConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    s = F.normalize(student, dim=1)
+    cos = (s * target).sum(dim=1)
+    loss_cos = (1 - cos).mean()
+    off_diagonal = ~torch.eye(len(s), dtype=torch.bool)
+    loss_sp = ((s @ s.T - target @ target.T)[off_diagonal] ** 2).mean()
+    logits = s @ target.T / config.nce_temperature
+    loss_nce = F.cross_entropy(logits, torch.arange(len(s)))
+    loss = loss_cos + config.sp_weight * loss_sp + config.nce_weight * loss_nce
+    parts = {"cos": cos.mean().item(), "sp": loss_sp.item(), "nce": loss_nce.item()}
+    return loss, parts
+
+
+def lr_at(step: int, total: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def batch_tensor(crops: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(crops_to_tensor(crops, MODEL_CARD["mean"], MODEL_CARD["std"]))  # type: ignore[arg-type]
+
+
+def validate(model: torch.nn.Module, val: FaceSet) -> dict[str, object]:
+    embeddings = torch_embed_fn(model)(val.crops)
+    return calibrate(embeddings, val.identity)
+
+
+def _log(path: Path, record: dict[str, object]) -> None:
+    with path.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def train(config: TrainConfig, progress: bool = True) -> Path:
+    from tqdm import tqdm
+
+    torch.set_num_threads(config.threads)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    faces = load_faceset(config.crops_root, config.sources)
+    held_out = validation_mask(faces.identity, config.val_fraction)
+    train_set, val_set = faces.subset(~held_out), faces.subset(held_out)
+    if len(set(val_set.identity)) < 2:
+        raise ValueError("the validation split needs faces of at least two held-out identities")
+    target_mean = train_set.teacher.mean(axis=0)
+    targets = torch.from_numpy(train_set.teacher - target_mean)
+    targets = F.normalize(targets, dim=1)
+
+    model = create_model(config.arch or None)
+    if config.init is not None:
+        model.load_state_dict(load_checkpoint(config.init)[0].state_dict())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = len(train_set) // config.batch_size
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    step, best = 0, -1.0
+
+    last_path, best_path = config.run_dir / "last.pt", config.run_dir / "best.pt"
+    if last_path.exists():
+        model, state = load_checkpoint(last_path)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        optimizer.load_state_dict(state["optimizer"])
+        step, best = int(state["step"]), float(state["best"])
+    meta = {
+        "config": config.to_json(),
+        "data": {"train": train_set.counts(), "val": val_set.counts()},
+        "val_identities": len(set(val_set.identity)),
+        "params": count_params(model),
+        "target_mean": target_mean.tolist(),
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+    }
+    (config.run_dir / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    stop = {"now": False}
+
+    def request_stop(*_: object) -> None:
+        stop["now"] = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, request_stop)
+
+    def save_last() -> None:
+        save_checkpoint(last_path, model, optimizer=optimizer.state_dict(), step=step, best=best, meta=meta)
+
+    log_path = config.run_dir / "metrics.jsonl"
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not progress)
+    model.train()
+    window_start, window_images = time.perf_counter(), 0
+    while step < total_steps and not stop["now"]:
+        epoch, within = divmod(step, steps_per_epoch)
+        order = np.random.default_rng(config.seed + epoch).permutation(len(train_set))
+        index = np.sort(order[within * config.batch_size : (within + 1) * config.batch_size])
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        x = augment(batch_tensor(train_set.crops[index]), gen)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total_steps, config)
+        loss, parts = distillation_loss(model(x), targets[index], config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        window_images += len(index)
+        bar.update()
+        if step % 10 == 0:
+            rate = window_images / (time.perf_counter() - window_start)
+            window_start, window_images = time.perf_counter(), 0
+            record = {
+                "step": step,
+                "epoch": epoch,
+                "loss": float(loss),
+                **parts,
+                "lr": lr_at(step, total_steps, config),
+            }
+            _log(log_path, record | {"images_per_s": rate})
+            bar.set_postfix(loss=f"{loss.item():.3f}", cos=f"{parts['cos']:.3f}", ips=f"{rate:.0f}")
+        end_of_epoch = step % steps_per_epoch == 0
+        if step % config.val_every == 0 or end_of_epoch or step == total_steps:
+            metrics = validate(model, val_set)
+            model.train()
+            _log(log_path, {"step": step, "epoch": epoch, "val": metrics})
+            score = float(metrics.get("tar_at_fmr_1e-3", -metrics["eer"]))  # type: ignore[arg-type]
+            if score > best:
+                best = score
+                save_checkpoint(best_path, model, step=step, val=metrics, meta=meta)
+            save_last()
+        elif step % config.checkpoint_every == 0:
+            save_last()
+    save_last()
+    bar.close()
+    plot_curves(config.run_dir)
+    return best_path
+
+
+def plot_curves(run_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in records if "loss" in r]
+    val_rows = [r for r in records if "val" in r]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=110)
+    steps = [r["step"] for r in train_rows]
+    axes[0].plot(steps, [r["loss"] for r in train_rows], lw=0.8)
+    axes[0].set_title("training loss")
+    axes[1].plot(steps, [r["cos"] for r in train_rows], lw=0.8)
+    axes[1].set_title("cosine to centred teacher target")
+    if val_rows:
+        vsteps = [r["step"] for r in val_rows]
+        axes[2].plot(
+            vsteps, [r["val"].get("tar_at_fmr_1e-3", np.nan) for r in val_rows], "o-", label="TAR@FMR1e-3"
+        )
+        axes[2].plot(vsteps, [1 - r["val"]["eer"] for r in val_rows], "s-", label="1 - EER")
+        axes[2].legend()
+    axes[2].set_title("validation (held-out identities)")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png")
+    plt.close(fig)

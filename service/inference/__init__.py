@@ -1,0 +1,1 @@
+"""Embedding with published ONNX variants, and the request pipeline that chains the vision steps."""

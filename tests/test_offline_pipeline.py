@@ -1,0 +1,203 @@
+"""The offline chain on real photos: prep → teacher cache → faceset → distillation → export → evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model_store import ModelStore, Provenance
+from pruning.checkpoint import load_checkpoint, save_checkpoint, torch_embed_fn
+from pruning.data.faceset import load_faceset, validation_mask
+from pruning.data.prep import PrepConfig, implausible_landmarks, iter_records, load_labels, prepare
+from pruning.export import export_onnx, parity, publish_embedder
+from pruning.models import SqueezeFaceNetConfig, count_flops, count_params, create_model
+from pruning.teacher import DlibTeacher, build_teacher_cache, teacher_path
+from pruning.train import TrainConfig, train
+from tests.conftest import DATA
+
+BBT = DATA / "e2e" / "bbt"
+PEOPLE = ["amy", "howard", "leonard", "penny", "raj", "sheldon"]
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real face crops of six people, plus two photos that must fail for recorded reasons."""
+    folder = tmp_path_factory.mktemp("photos")
+    rows = []
+    for person in PEOPLE:
+        for path in sorted((BBT / person).glob("*.png"))[:4]:
+            shutil.copy(path, folder / path.name)
+            rows.append((path.name, f"bbt:{person}"))
+    (folder / "notes.jpg").write_text("not a photo")
+    blank = np.full((120, 160, 3), 128, np.uint8)
+    import cv2
+
+    cv2.imwrite(str(folder / "blank.png"), blank)
+    with (folder / "labels.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([("file", "identity"), *rows])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def crops_root(photo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("crops")
+    config = PrepConfig(shard_size=10, workers=1)
+    prepare(
+        photo_folder, root / "bbt", name="bbt", labels=load_labels(photo_folder / "labels.csv"), config=config
+    )
+    build_teacher_cache(root / "bbt", workers=1, progress=False)
+    return root
+
+
+def test_prep_records_every_photo(crops_root: Path) -> None:
+    records = list(iter_records(crops_root / "bbt"))
+    assert len(records) == 6 * 4 + 2
+    by_file = {r["file"]: r for r in records}
+    assert by_file["notes.jpg"]["status"] == "decode:invalid_image"
+    assert by_file["blank.png"]["status"] == "no_face"
+    accepted = [r for r in records if r["status"] == "ok"]
+    assert len(accepted) >= 22  # these are clean frontal crops
+    assert all(r["identity"].startswith("bbt:") for r in accepted)
+    shards = sorted((crops_root / "bbt").glob("shard-*.npy"))
+    assert len(shards) == 3  # 26 photos in shards of 10
+    crops = np.concatenate([np.load(s) for s in shards])
+    assert crops.shape == (len(accepted), 112, 112, 3) and crops.dtype == np.uint8
+
+
+def test_prep_resumes_without_redoing_shards(photo_folder: Path, crops_root: Path) -> None:
+    index = crops_root / "bbt" / "shard-00001.jsonl"
+    before = index.stat().st_mtime_ns
+    (crops_root / "bbt" / "shard-00002.jsonl").unlink()  # as if interrupted during the last shard
+    counts = prepare(
+        photo_folder,
+        crops_root / "bbt",
+        name="bbt",
+        labels=load_labels(photo_folder / "labels.csv"),
+        config=PrepConfig(shard_size=10, workers=1),
+        progress=False,
+    )
+    assert index.stat().st_mtime_ns == before
+    assert (crops_root / "bbt" / "shard-00002.jsonl").exists()
+    assert sum(counts.values()) == 26
+
+
+def test_landmark_sanity_check() -> None:
+    box = np.array([0, 0, 100, 100], np.float32)
+    good = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], np.float32)
+    assert implausible_landmarks(box, good) is None
+    assert implausible_landmarks(box, good[[1, 0, 2, 4, 3]]) == "left/right swapped"
+    upside_down = good.copy()
+    upside_down[:, 1] = 120 - upside_down[:, 1]
+    assert implausible_landmarks(box, upside_down[[0, 1, 2, 3, 4]]) is not None
+
+
+def test_teacher_separates_people(crops_root: Path) -> None:
+    faces = load_faceset(crops_root)
+    assert len(faces) == len(faces.teacher) and faces.teacher.shape[1] == 128
+    centred = faces.teacher - faces.teacher.mean(axis=0)
+    unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    same = faces.identity[:, None] == faces.identity[None, :]
+    off = ~np.eye(len(faces), dtype=bool)
+    assert sims[same & off].mean() > sims[~same].mean() + 0.3
+
+
+def test_teacher_cache_is_resumable(crops_root: Path) -> None:
+    first = teacher_path(crops_root / "bbt", 0)
+    before = first.stat().st_mtime_ns
+    assert build_teacher_cache(crops_root / "bbt", workers=1, progress=False) == 0
+    assert first.stat().st_mtime_ns == before
+
+
+def test_teacher_chip_is_150px(photo_folder: Path) -> None:
+    from service.vision.decode import decode_image
+
+    image = decode_image((photo_folder / "amy1.png").read_bytes(), max_pixels=10**7)
+    assert DlibTeacher().chip(image, [20, 20, 130, 130]).shape == (150, 150, 3)
+
+
+def test_validation_split_is_stable_and_by_identity() -> None:
+    ids = np.array([f"celeba:{i}" for i in range(2000)] + [""] * 100, dtype=object)
+    mask = validation_mask(ids)
+    assert 0.07 < mask[:2000].mean() < 0.13
+    assert not mask[2000:].any()  # unlabelled faces always train
+    assert (validation_mask(ids[::-1]) == mask[::-1]).all()
+
+
+def test_student_architecture() -> None:
+    model = create_model()
+    assert 1_150_000 < count_params(model) < 1_300_000
+    assert 150e6 < count_flops(model) < 250e6
+    out = model.eval()(torch.zeros(3, 3, 112, 112))
+    assert out.shape == (3, 128)
+    narrow = create_model(SqueezeFaceNetConfig(stem=40, fires=[(8, 20, 30)] * 8, head=100))
+    assert count_params(narrow) < count_params(model) / 5
+    assert SqueezeFaceNetConfig.from_dict(narrow.config.to_dict()) == narrow.config
+
+
+def test_checkpoint_round_trip_keeps_architecture(tmp_path: Path) -> None:
+    model = create_model(SqueezeFaceNetConfig(stem=40, fires=[(8, 20, 30)] * 8, head=100)).eval()
+    save_checkpoint(tmp_path / "m.pt", model, step=7)
+    loaded, payload = load_checkpoint(tmp_path / "m.pt")
+    x = torch.randn(2, 3, 112, 112)
+    assert payload["step"] == 7
+    assert torch.allclose(model(x), loaded(x))
+
+
+def test_distillation_run_resumes_and_exports(crops_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    small = {"stem": 32, "fires": [(8, 16, 16)] * 8, "head": 64, "embedding_dim": 128, "pool_after": (1, 3)}
+    config = TrainConfig(
+        run_dir=run,
+        crops_root=crops_root,
+        batch_size=8,
+        max_steps=2,
+        val_every=2,
+        warmup_steps=1,
+        arch=small,
+        val_fraction=0.5,
+    )
+    train(config, progress=False)
+    assert json.loads((run / "run.json").read_text())["data"]["val"]  # some identities held out
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert state["step"] == 2
+    config.max_steps = 4
+    train(config, progress=False)  # resumes from step 2
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 4 and (run / "best.pt").exists() and (run / "curves.png").exists()
+
+    model, _ = load_checkpoint(run / "last.pt")
+    faces = load_faceset(crops_root)
+    onnx_path = tmp_path / "student.onnx"
+    export_onnx(model, onnx_path)
+    assert parity(model, onnx_path, faces.crops[:16]) >= 0.9999
+    embeddings = torch_embed_fn(model)(faces.crops[:4])
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+
+
+def test_publish_embedder_fills_manifest(crops_root: Path, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    model = create_model(SqueezeFaceNetConfig(stem=32, fires=[(8, 16, 16)] * 8, head=64))
+    faces = load_faceset(crops_root)
+    manifest = publish_embedder(
+        store,
+        model,
+        name="tiny",
+        parity_crops=faces.crops[:8],
+        description="test",
+        metrics={"lfw": {"accuracy_mean": 0.5}},
+        thresholds={"1e-3": 0.5},
+        provenance=Provenance(seed=0),
+    )
+    assert manifest.params == count_params(model) and manifest.flops and manifest.flops > 0
+    assert manifest.metrics["onnx_parity"]["min_cosine"] >= 0.9999
+    from service.inference.embedder import Embedder
+
+    embedder = Embedder.from_store(store, "tiny")
+    assert embedder.embed(faces.crops[:3]).shape == (3, 128)
