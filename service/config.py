@@ -18,7 +18,11 @@ class Settings(BaseSettings):
 
     store_path: Path = DEFAULT_ROOT
     detector_model: str = "mtcnn"
+    # Used when a request names no variant: an alias, a name (latest version) or name@version.
     default_variant: str = "default"
+    # Key into each embedder manifest's ``thresholds``: the false-match rate the decisions are tuned for.
+    # Variants without a threshold for it are not loaded (they could not decide anything).
+    target_fmr: str = "1e-3"
 
     # ONNX Runtime threads per session; with several workers keep workers × threads ≤ cores.
     intra_op_threads: int = Field(default=1, ge=1)
@@ -26,11 +30,19 @@ class Settings(BaseSettings):
     # Faces smaller than this are not searched for: a 20 px face carries little identity at 112×112, and
     # each halving of the minimum adds pyramid levels (detection time).
     min_face_size: int = Field(default=40, ge=12)
+    # A detected face whose shorter box side is below this is refused (face_too_small): MTCNN's boxes can
+    # come out smaller than the search minimum after regression, and such crops are mostly upsampling blur.
+    min_face_px: int = Field(default=32, ge=0)
     # Longer photos are shrunk for detection only (alignment uses the full-resolution pixels).
     max_detect_side: int = Field(default=1280, ge=64)
 
+    # Whole request body, multipart overhead included; counted while reading, so chunked bodies obey it too.
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=25_000_000, ge=1)
+    max_enroll_images: int = Field(default=10, ge=1)
+    identify_top_k: int = Field(default=5, ge=1, le=100)
 
+    # When set, every /v1 route requires it in X-API-Key (probes and /metrics stay open for the platform).
     api_key: SecretStr | None = None
+    # sqlite:///relative/path.db or sqlite:////absolute/path.db (SQLAlchemy's spelling).
     gallery_url: str = "sqlite:///./gallery.db"

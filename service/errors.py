@@ -9,13 +9,17 @@ from __future__ import annotations
 
 
 class DomainError(Exception):
-    """Base class of every error a client may legitimately cause."""
+    """Base class of every error a client may legitimately cause (and of ``NotReady``, which it may meet)."""
 
     code: str = "domain_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, field: str | None = None, **extensions: object) -> None:
         super().__init__(message)
         self.message = message
+        # Which request part was at fault (e.g. "image_b"), so a client can tell its two photos apart.
+        self.field = field
+        # Extra members of the problem document (e.g. the valid variant names); must be client-safe.
+        self.extensions = extensions
 
 
 class InvalidImage(DomainError):
@@ -58,3 +62,15 @@ class UserNotFound(DomainError):
 
 class Unauthorized(DomainError):
     code = "unauthorized"
+
+
+class InvalidRequest(DomainError):
+    """Malformed request: a missing or ill-formed field, too many files."""
+
+    code = "invalid_request"
+
+
+class NotReady(DomainError):
+    """Not the client's fault: no model can serve the request (e.g. the default variant is not published)."""
+
+    code = "not_ready"

@@ -1,51 +1,63 @@
-"""Application factory. Heavy resources (ONNX sessions) are built once in ``lifespan``, never at import."""
+"""Application factory. Heavy resources (ONNX sessions, the gallery) are built once in ``lifespan``."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from starlette.concurrency import run_in_threadpool
 
-from model_store import ModelStore
-from service.api.routes import health
+from service.api import errors
+from service.api.deps import require_api_key
+from service.api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from service.api.routes import API_PREFIX, enroll, health, identify, models, users, verify
 from service.config import Settings
-from service.vision.detect import DetectorConfig, MTCNNDetector
+from service.metrics import Metrics
+from service.resources import Resources, build_resources
 
+__all__ = ["Resources", "build_resources", "create_app"]
 
-@dataclass(frozen=True)
-class Resources:
-    settings: Settings
-    store: ModelStore
-    detector: MTCNNDetector
-    detector_ref: str
+_DESCRIPTION = """\
+Face verification and identification with pruned SqueezeNet face embedders.
 
-
-def build_resources(settings: Settings) -> Resources:
-    store = ModelStore(settings.store_path)
-    detector_ref = str(store.resolve(settings.detector_model))
-    detector = MTCNNDetector.from_store(
-        store,
-        detector_ref,
-        DetectorConfig(
-            min_face_size=settings.min_face_size,
-            max_image_side=settings.max_detect_side,
-            intra_op_threads=settings.intra_op_threads,
-        ),
-    )
-    return Resources(settings=settings, store=store, detector=detector, detector_ref=detector_ref)
+Every photo goes through decode → MTCNN detection → 5-point alignment → embedding. Pick the embedding
+variant per request with `X-Model-Variant` (see `GET /v1/models`); errors are RFC 9457 problem documents
+(`application/problem+json`) with a stable `code`.
+"""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    metrics = Metrics()  # per app: tests and benchmarks build many apps in one process
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.resources = build_resources(settings)
-        yield
-        app.state.resources = None
+        # Building ONNX sessions takes a moment of CPU; keep the loop free meanwhile.
+        resources = await run_in_threadpool(build_resources, settings)
+        metrics.set_models(resources.variants.embedders.values(), resources.variants.default_ref)
+        app.state.resources = resources
+        try:
+            yield
+        finally:
+            app.state.resources = None
+            resources.close()
 
-    app = FastAPI(title="SqueezerFaceNet face verification", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="SqueezerFaceNet face verification",
+        version="0.1.0",
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.resources = None
+    errors.install(app)
+    # Added last = outermost: the timing and the access log also see requests the body cap refused.
+    app.add_middleware(BodyLimitMiddleware, metrics=metrics, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, prefix=API_PREFIX)
+
+    for module in (verify, identify, enroll, users, models):
+        app.include_router(module.router, dependencies=[Depends(require_api_key)])
     app.include_router(health.router)
     return app

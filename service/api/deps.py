@@ -1,0 +1,87 @@
+"""Request-scoped dependencies: everything a route needs, reached through ``app.state`` (never globals)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from service.config import Settings
+from service.errors import NotReady, Unauthorized
+from service.gallery import Gallery
+from service.inference.embedder import Embedder
+from service.inference.pipeline import FacePipeline
+from service.inference.variants import VariantRegistry
+from service.metrics import Metrics
+from service.resources import Resources
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def get_resources(request: Request) -> Resources:
+    resources = getattr(request.app.state, "resources", None)
+    if resources is None:
+        raise NotReady("The service is starting or stopping.")
+    return resources
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+
+
+def get_gallery(resources: ResourcesDep) -> Gallery:
+    return resources.gallery
+
+
+def get_variants(resources: ResourcesDep) -> VariantRegistry:
+    return resources.variants
+
+
+def get_pipeline(resources: ResourcesDep) -> FacePipeline:
+    return resources.pipeline
+
+
+GalleryDep = Annotated[Gallery, Depends(get_gallery)]
+VariantsDep = Annotated[VariantRegistry, Depends(get_variants)]
+PipelineDep = Annotated[FacePipeline, Depends(get_pipeline)]
+
+
+def select_embedder(
+    request: Request,
+    variants: VariantsDep,
+    x_model_variant: Annotated[
+        str | None,
+        Header(
+            description="Embedding variant: NAME (latest version), NAME@VERSION or an alias. "
+            "Absent: the store's default. See GET /v1/models.",
+            examples=["squeezefacenet@1"],
+        ),
+    ] = None,
+) -> Embedder:
+    embedder = variants.select(x_model_variant)
+    request.state.variant = embedder.ref  # for the request-duration metric and the access log
+    return embedder
+
+
+EmbedderDep = Annotated[Embedder, Depends(select_embedder)]
+
+
+def require_api_key(
+    settings: SettingsDep,
+    x_api_key: Annotated[str | None, Header(description="Required when the service has an API key")] = None,
+) -> None:
+    expected = settings.api_key
+    if expected is None:
+        return
+    # compare_digest on bytes: constant time whatever the content (it refuses non-ASCII str).
+    given = (x_api_key or "").encode()
+    if not secrets.compare_digest(given, expected.get_secret_value().encode()):
+        raise Unauthorized("A valid X-API-Key header is required.")

@@ -1,0 +1,162 @@
+"""The one place where errors become HTTP: status per code, RFC 9457 problem documents, exception handlers.
+
+A body is built from the error's code and its client-safe message only: never exception text from a
+library, a path, or request content.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import DomainError
+from service.schemas import Problem
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+# code → (HTTP status, title)
+STATUS: dict[str, tuple[int, str]] = {
+    "invalid_image": (400, "Invalid image"),
+    "unknown_variant": (400, "Unknown model variant"),
+    "unauthorized": (401, "Unauthorized"),
+    "user_not_found": (404, "User not found"),
+    "image_too_large": (413, "Image too large"),
+    "unsupported_format": (415, "Unsupported image format"),
+    "no_face_detected": (422, "No face detected"),
+    "face_too_small": (422, "Face too small"),
+    "multiple_faces": (422, "Multiple faces"),
+    "invalid_request": (422, "Invalid request"),
+    "not_ready": (503, "Not ready"),
+    # Not domain errors, but answered in the same shape.
+    "not_found": (404, "Not found"),
+    "method_not_allowed": (405, "Method not allowed"),
+    "internal_error": (500, "Internal error"),
+}
+
+_PROBLEM_SCHEMA = Problem.model_json_schema()
+
+# Framework HTTP errors (unknown route, wrong method, body over the cap) → our codes.
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "image_too_large"}
+_HTTP_DETAILS = {
+    404: "No such resource.",
+    405: "This method is not allowed here.",
+    413: "The request body is too large.",
+}
+
+
+def problem_response(
+    code: str,
+    detail: str,
+    *,
+    field: str | None = None,
+    extensions: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    status, title = STATUS[code]
+    body = Problem(
+        type=f"urn:faceverify:error:{code}", title=title, status=status, code=code, detail=detail, field=field
+    ).model_dump(exclude_none=True)
+    body.update(extensions or {})
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def _count(request: Request, code: str) -> None:
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.errors.labels(code=code).inc()
+
+
+async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    code = exc.code if exc.code in STATUS else "invalid_request"
+    _count(request, code)
+    headers = {"WWW-Authenticate": 'APIKey header="X-API-Key"'} if code == "unauthorized" else None
+    return problem_response(code, exc.message, field=exc.field, extensions=exc.extensions, headers=headers)
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    _count(request, "invalid_request")
+    # Location and message only: pydantic's "input" member would echo request content back.
+    errors = [
+        {"loc": [str(part) for part in e.get("loc", ())], "msg": str(e.get("msg", ""))} for e in exc.errors()
+    ]
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    detail = f"{'.'.join(first['loc']) or 'request'}: {first['msg']}"
+    return problem_response("invalid_request", detail, extensions={"errors": errors})
+
+
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code)
+    if code is None:
+        # A status we did not plan for: keep it, but still answer as a problem document without its text.
+        _count(request, f"http_{exc.status_code}")
+        return JSONResponse(
+            {
+                "type": "about:blank",
+                "title": "HTTP error",
+                "status": exc.status_code,
+                "code": "http_error",
+                "detail": "The request could not be processed.",
+            },
+            status_code=exc.status_code,
+            media_type=PROBLEM_MEDIA_TYPE,
+        )
+    _count(request, code)
+    return problem_response(code, _HTTP_DETAILS[exc.status_code])
+
+
+async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    # A bug on our side: the traceback goes to the server log, the client gets nothing of it.
+    log.exception("unhandled error on %s %s", request.method, _route_template(request))
+    _count(request, "internal_error")
+    return problem_response("internal_error", "The server failed to process the request.")
+
+
+def _route_template(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "<unmatched>")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(DomainError, domain_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(Exception, unhandled_error_handler)
+
+
+# What a route that takes photos can answer about them.
+IMAGE_ERRORS = (
+    "invalid_image",
+    "unsupported_format",
+    "image_too_large",
+    "no_face_detected",
+    "face_too_small",
+)
+
+# Any /v1 route can meet these: a malformed parameter, the API key, a process that is not ready.
+_EVERY_V1_ROUTE = ("invalid_request", "unauthorized", "not_ready")
+
+
+def problem_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` for a /v1 route that can answer with these codes (grouped by status)."""
+    by_status: dict[int, list[str]] = {}
+    for code in dict.fromkeys((*codes, *_EVERY_V1_ROUTE)):
+        by_status.setdefault(STATUS[code][0], []).append(code)
+    # The schema is inlined rather than given as ``model``: FastAPI would file a model under the route's
+    # own media type (application/json), but these bodies are application/problem+json.
+    return {
+        status: {
+            "description": "Problem: " + ", ".join(group),
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM_SCHEMA}},
+        }
+        for status, group in sorted(by_status.items())
+    }

@@ -1,0 +1,52 @@
+"""POST /v1/verify: are the people in two photos the same person?"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, File, UploadFile
+
+from service.api.deps import EmbedderDep, MetricsDep, PipelineDep, SettingsDep
+from service.api.errors import IMAGE_ERRORS, problem_responses
+from service.api.routes import API_PREFIX
+from service.api.routes._common import embed_both
+from service.inference.pipeline import Timings, cosine
+from service.schemas import FaceSummary, VerifyResponse
+
+router = APIRouter(prefix=API_PREFIX, tags=["faces"])
+
+
+@router.post(
+    "/verify",
+    summary="Compare the largest face of two photos",
+    response_model=VerifyResponse,
+    responses=problem_responses(*IMAGE_ERRORS, "unknown_variant"),
+)
+async def verify(
+    image_a: Annotated[UploadFile, File(description="JPEG, PNG or WebP photo")],
+    image_b: Annotated[UploadFile, File(description="JPEG, PNG or WebP photo")],
+    embedder: EmbedderDep,
+    pipeline: PipelineDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+) -> VerifyResponse:
+    timings = [Timings(embedder.ref), Timings(embedder.ref)]
+    try:
+        a, b = await embed_both(pipeline, [("image_a", image_a), ("image_b", image_b)], [embedder], timings)
+    finally:
+        for timing in timings:
+            metrics.observe_stages(timing.records)
+    start = time.perf_counter()
+    score = cosine(a.embeddings[embedder.ref], b.embeddings[embedder.ref])
+    threshold = embedder.threshold(settings.target_fmr)
+    matched = score >= threshold
+    metrics.observe_stages([("match", embedder.ref, time.perf_counter() - start)])
+    metrics.decision(matched, embedder.ref)
+    return VerifyResponse(
+        match=matched,
+        score=round(score, 6),
+        threshold=threshold,
+        variant=embedder.ref,
+        faces=[FaceSummary.of(a.face, a.face_count), FaceSummary.of(b.face, b.face_count)],
+    )

@@ -1,0 +1,195 @@
+"""The embedded gallery: one SQLite file in WAL mode, matching by a numpy matrix product."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.gallery.base import Match, Template, TemplateCount, VariantKey
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS templates (
+    id           INTEGER PRIMARY KEY,
+    user_id      TEXT    NOT NULL,
+    variant      TEXT    NOT NULL,
+    model_sha256 TEXT    NOT NULL,
+    model_ref    TEXT    NOT NULL,
+    dim          INTEGER NOT NULL,
+    embedding    BLOB    NOT NULL,
+    created_at   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE INDEX IF NOT EXISTS templates_by_variant ON templates (variant, model_sha256, user_id);
+CREATE INDEX IF NOT EXISTS templates_by_user ON templates (user_id);
+-- Bumped by every write, so each process can tell whether its cached matrices are stale.
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Matrix:
+    """All templates of one variant, rows grouped by user (rows[starts[i]:starts[i+1]] belong to users[i])."""
+
+    generation: int
+    users: list[str]
+    starts: np.ndarray
+    embeddings: np.ndarray  # (N, D) float32
+
+
+class SQLiteGallery:
+    """Gallery in one SQLite file.
+
+    One connection per thread (sqlite3 connections must not be shared across threads without a lock, and WAL
+    lets readers run beside the single writer). ``synchronous=FULL`` makes an acknowledged enrolment survive
+    a power cut, not only a crash. Search keeps one matrix per variant in memory and rebuilds it when the
+    ``generation`` counter moved, which also notices writes by other worker processes.
+    """
+
+    def __init__(self, path: Path | str, *, busy_timeout_ms: int = 5000) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._cache: dict[VariantKey, _Matrix] = {}
+        self._cache_lock = threading.Lock()
+        conn = self._conn()
+        conn.execute("PRAGMA journal_mode=WAL")  # persistent: recorded in the database file
+        conn.executescript(_SCHEMA)
+
+    # ---- connections -------------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # check_same_thread=False only so close() may close every thread's connection at shutdown;
+            # each connection is otherwise used by the thread that opened it.
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        # IMMEDIATE takes the write lock up front: no deadlock from two readers upgrading at once.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # ---- the Gallery interface ---------------------------------------------------------------------
+    def add_templates(self, user_id: str, templates: Sequence[Template]) -> int:
+        rows = []
+        for template in templates:
+            vector = np.ascontiguousarray(template.embedding, dtype=np.float32).reshape(-1)
+            rows.append(
+                (
+                    user_id,
+                    template.key.name,
+                    template.key.sha256,
+                    template.model_ref,
+                    vector.size,
+                    vector.tobytes(),
+                )
+            )
+        if not rows:
+            return 0
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO templates (user_id, variant, model_sha256, model_ref, dim, embedding)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        return len(rows)
+
+    def delete_user(self, user_id: str) -> int:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM templates WHERE user_id = ?", (user_id,)).rowcount
+
+    def count_templates(self, user_id: str) -> list[TemplateCount]:
+        rows = self._conn().execute(
+            "SELECT variant, model_sha256, MAX(model_ref), COUNT(*) FROM templates WHERE user_id = ?"
+            " GROUP BY variant, model_sha256 ORDER BY variant, MAX(model_ref)",
+            (user_id,),
+        )
+        return [TemplateCount(VariantKey(name, sha), ref, count) for name, sha, ref, count in rows]
+
+    def search(self, key: VariantKey, embedding: np.ndarray, top_k: int) -> list[Match]:
+        matrix = self._matrix(key)
+        if not matrix.users or top_k <= 0:
+            return []
+        query = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        if query.size != matrix.embeddings.shape[1]:
+            raise ValueError(
+                f"query has {query.size} dimensions, templates have {matrix.embeddings.shape[1]}"
+            )
+        scores = matrix.embeddings @ query
+        best = np.maximum.reduceat(scores, matrix.starts)  # best template per user
+        k = min(top_k, best.size)
+        top = np.argpartition(-best, k - 1)[:k]
+        top = top[np.argsort(-best[top], kind="stable")]
+        return [Match(matrix.users[i], float(best[i])) for i in top]
+
+    def ping(self) -> None:
+        self._conn().execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    # ---- matching cache ----------------------------------------------------------------------------
+    def _matrix(self, key: VariantKey) -> _Matrix:
+        conn = self._conn()
+        (generation,) = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        cached = self._cache.get(key)
+        if cached is not None and cached.generation == generation:
+            return cached
+        with self._cache_lock:
+            cached = self._cache.get(key)
+            if cached is not None and cached.generation == generation:
+                return cached
+            # One read transaction: the generation and the rows come from the same snapshot.
+            conn.execute("BEGIN")
+            try:
+                (generation,) = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+                rows = conn.execute(
+                    "SELECT user_id, dim, embedding FROM templates WHERE variant = ? AND model_sha256 = ?"
+                    " ORDER BY user_id, id",
+                    (key.name, key.sha256),
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            matrix = _build_matrix(generation, rows)
+            self._cache[key] = matrix
+            return matrix
+
+
+def _build_matrix(generation: int, rows: list[tuple[str, int, bytes]]) -> _Matrix:
+    if not rows:
+        return _Matrix(generation, [], np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
+    dim = rows[0][1]
+    embeddings = np.frombuffer(b"".join(blob for _, _, blob in rows), dtype=np.float32).reshape(-1, dim)
+    users: list[str] = []
+    starts: list[int] = []
+    for index, (user_id, _, _) in enumerate(rows):
+        if not users or users[-1] != user_id:
+            users.append(user_id)
+            starts.append(index)
+    return _Matrix(generation, users, np.asarray(starts, np.int64), embeddings)

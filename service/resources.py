@@ -1,0 +1,66 @@
+"""The heavy, long-lived objects of one app: built once in ``lifespan``, kept on ``app.state``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from model_store import ModelStore
+from service.config import Settings
+from service.gallery import Gallery, open_gallery
+from service.inference.pipeline import FacePipeline
+from service.inference.variants import VariantRegistry
+from service.vision.detect import DetectorConfig, MTCNNDetector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resources:
+    settings: Settings
+    store: ModelStore
+    detector: MTCNNDetector
+    detector_ref: str
+    variants: VariantRegistry
+    pipeline: FacePipeline
+    gallery: Gallery
+
+    def close(self) -> None:
+        self.gallery.close()
+
+
+def build_resources(settings: Settings) -> Resources:
+    store = ModelStore(settings.store_path)
+    detector_ref = str(store.resolve(settings.detector_model))
+    detector = MTCNNDetector.from_store(
+        store,
+        detector_ref,
+        DetectorConfig(
+            min_face_size=settings.min_face_size,
+            max_image_side=settings.max_detect_side,
+            intra_op_threads=settings.intra_op_threads,
+        ),
+    )
+    variants = VariantRegistry.load(
+        store,
+        default=settings.default_variant,
+        target_fmr=settings.target_fmr,
+        intra_op_threads=settings.intra_op_threads,
+    )
+    pipeline = FacePipeline(detector, max_pixels=settings.max_pixels, min_face_px=settings.min_face_px)
+    gallery = open_gallery(settings.gallery_url)
+    log.info(
+        "loaded detector %s and variants %s (default %s)",
+        detector_ref,
+        ", ".join(variants.embedders) or "none",
+        variants.default_ref,
+    )
+    return Resources(
+        settings=settings,
+        store=store,
+        detector=detector,
+        detector_ref=detector_ref,
+        variants=variants,
+        pipeline=pipeline,
+        gallery=gallery,
+    )
