@@ -104,8 +104,16 @@ def test_oversized_chunked_body(client: TestClient) -> None:
     assert_problem(response, 413, "image_too_large")
 
 
-def test_not_multipart(client: TestClient) -> None:
+def test_not_multipart(client: TestClient, photo: bytes) -> None:
     response = client.post("/v1/verify", json={"image_a": "x", "image_b": "y"})
+    assert_problem(response, 422, "invalid_request")
+    # multipart without a boundary: the body cannot even be split into parts
+    response = client.post("/v1/verify", content=b"abc", headers={"content-type": "multipart/form-data"})
+    assert_problem(response, 400, "malformed_body")
+    # a text field where a file belongs
+    response = client.post(
+        "/v1/verify", data={"image_a": "abc"}, files={"image_b": ("b.jpg", photo, "image/jpeg")}
+    )
     assert_problem(response, 422, "invalid_request")
 
 

@@ -35,6 +35,7 @@ STATUS: dict[str, tuple[int, str]] = {
     "invalid_request": (422, "Invalid request"),
     "not_ready": (503, "Not ready"),
     # Not domain errors, but answered in the same shape.
+    "malformed_body": (400, "Malformed request body"),
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),
     "internal_error": (500, "Internal error"),
@@ -43,8 +44,9 @@ STATUS: dict[str, tuple[int, str]] = {
 _PROBLEM_SCHEMA = Problem.model_json_schema()
 
 # Framework HTTP errors (unknown route, wrong method, body over the cap) → our codes.
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "image_too_large"}
+_HTTP_CODES = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed", 413: "image_too_large"}
 _HTTP_DETAILS = {
+    400: "The request body could not be parsed (expected multipart/form-data with a boundary).",
     404: "No such resource.",
     405: "This method is not allowed here.",
     413: "The request body is too large.",

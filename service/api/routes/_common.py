@@ -1,4 +1,4 @@
-"""Helpers shared by the face routes: reading uploads and running the pipeline off the event loop."""
+"""Shared by the face routes: uploads through the pipeline, off the event loop, with stage metrics."""
 
 from __future__ import annotations
 
@@ -10,42 +10,41 @@ from starlette.concurrency import run_in_threadpool
 
 from service.inference.embedder import Embedder
 from service.inference.pipeline import FacePipeline, FaceResult, Timings
+from service.metrics import Metrics
 
 
-async def embed_upload(
-    pipeline: FacePipeline,
-    upload: UploadFile,
-    embedders: Sequence[Embedder],
-    timings: Timings,
-    *,
-    field_name: str,
-    single_face: bool = False,
-) -> FaceResult:
-    # The whole body has already been received under the app's byte cap, so read() is bounded.
-    data = await upload.read()
-    return await run_in_threadpool(
-        pipeline.process, data, embedders, timings, single_face=single_face, field_name=field_name
-    )
-
-
-async def embed_both(
+async def embed_uploads(
     pipeline: FacePipeline,
     uploads: Sequence[tuple[str, UploadFile]],
     embedders: Sequence[Embedder],
-    timings: Sequence[Timings],
+    metrics: Metrics,
+    *,
+    label: str,
+    single_face: bool = False,
 ) -> list[FaceResult]:
-    """Process several images concurrently (two cores: a lone verify finishes in about half the time).
+    """Embed the largest face of each (field name, upload) with every embedder; one thread per image.
 
-    Every image is finished before an error is raised, and errors are raised in request order, so the
-    answer does not depend on which thread happened to fail first.
+    The images run concurrently (on two cores a lone verify finishes in about half the time). Every image
+    is finished before an error is raised, and errors are raised in request order, so the answer does not
+    depend on which thread happened to fail first. ``label`` is the variant label of the stage metrics.
     """
-    results = await asyncio.gather(
-        *(
-            embed_upload(pipeline, upload, embedders, timing, field_name=name)
-            for (name, upload), timing in zip(uploads, timings, strict=True)
-        ),
-        return_exceptions=True,
-    )
+    timings = [Timings(label) for _ in uploads]
+
+    async def one(name: str, upload: UploadFile, timing: Timings) -> FaceResult:
+        # The whole body was received under the app's byte cap, so read() is bounded.
+        data = await upload.read()
+        return await run_in_threadpool(
+            pipeline.process, data, embedders, timing, single_face=single_face, field_name=name
+        )
+
+    try:
+        results = await asyncio.gather(
+            *(one(name, upload, timing) for (name, upload), timing in zip(uploads, timings, strict=True)),
+            return_exceptions=True,
+        )
+    finally:
+        for timing in timings:
+            metrics.observe_stages(timing.records)
     for result in results:
         if isinstance(result, BaseException):
             raise result

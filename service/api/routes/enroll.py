@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi import APIRouter, File, Form, Request, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import GalleryDep, MetricsDep, PipelineDep, SettingsDep, VariantsDep
 from service.api.errors import IMAGE_ERRORS, problem_responses
 from service.api.routes import API_PREFIX
-from service.api.routes._common import embed_upload
+from service.api.routes._common import embed_uploads
 from service.errors import InvalidRequest, NotReady
 from service.gallery import Template
-from service.inference.pipeline import FaceResult, Timings
 from service.inference.variants import gallery_key
 from service.metrics import ALL_VARIANTS
 from service.schemas import USER_ID_DESCRIPTION, USER_ID_PATTERN, EnrollResponse, FaceSummary
@@ -29,6 +28,7 @@ router = APIRouter(prefix=API_PREFIX, tags=["gallery"])
     responses=problem_responses(*IMAGE_ERRORS, "multiple_faces"),
 )
 async def enroll(
+    request: Request,
     user_id: Annotated[str, Form(pattern=USER_ID_PATTERN, description=USER_ID_DESCRIPTION)],
     images: Annotated[list[UploadFile], File(description="One or more photos, each showing one face")],
     variants: VariantsDep,
@@ -39,22 +39,20 @@ async def enroll(
 ) -> EnrollResponse:
     if len(images) > settings.max_enroll_images:
         raise InvalidRequest(f"At most {settings.max_enroll_images} images per enrolment.", field="images")
+    request.state.variant = ALL_VARIANTS  # request-duration label: enrolment runs every variant
     embedders = list(variants.embedders.values())
     if not embedders:
         raise NotReady("No embedding model is loaded.")
     # Every variant gets a template from every image, so switching variants later never means comparing
     # templates made by different models. All images are checked before anything is stored: all or nothing.
-    results: list[FaceResult] = []
-    for index, upload in enumerate(images):
-        timings = Timings(ALL_VARIANTS)
-        try:
-            results.append(
-                await embed_upload(
-                    pipeline, upload, embedders, timings, field_name=f"images[{index}]", single_face=True
-                )
-            )
-        finally:
-            metrics.observe_stages(timings.records)
+    results = await embed_uploads(
+        pipeline,
+        [(f"images[{index}]", upload) for index, upload in enumerate(images)],
+        embedders,
+        metrics,
+        label=ALL_VARIANTS,
+        single_face=True,
+    )
     templates = [
         Template(key=gallery_key(e), model_ref=e.ref, embedding=r.embeddings[e.ref])
         for r in results

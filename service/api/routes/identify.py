@@ -11,8 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import EmbedderDep, GalleryDep, MetricsDep, PipelineDep, SettingsDep
 from service.api.errors import IMAGE_ERRORS, problem_responses
 from service.api.routes import API_PREFIX
-from service.api.routes._common import embed_upload
-from service.inference.pipeline import Timings
+from service.api.routes._common import embed_uploads
 from service.inference.variants import gallery_key
 from service.schemas import Candidate, FaceSummary, IdentifyResponse
 
@@ -34,11 +33,7 @@ async def identify(
     metrics: MetricsDep,
     top_k: Annotated[int | None, Query(ge=1, le=100, description="At most this many users")] = None,
 ) -> IdentifyResponse:
-    timings = Timings(embedder.ref)
-    try:
-        result = await embed_upload(pipeline, image, [embedder], timings, field_name="image")
-    finally:
-        metrics.observe_stages(timings.records)
+    (result,) = await embed_uploads(pipeline, [("image", image)], [embedder], metrics, label=embedder.ref)
     threshold = embedder.threshold(settings.target_fmr)
     start = time.perf_counter()
     matches = await run_in_threadpool(

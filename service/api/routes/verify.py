@@ -10,8 +10,8 @@ from fastapi import APIRouter, File, UploadFile
 from service.api.deps import EmbedderDep, MetricsDep, PipelineDep, SettingsDep
 from service.api.errors import IMAGE_ERRORS, problem_responses
 from service.api.routes import API_PREFIX
-from service.api.routes._common import embed_both
-from service.inference.pipeline import Timings, cosine
+from service.api.routes._common import embed_uploads
+from service.inference.pipeline import cosine
 from service.schemas import FaceSummary, VerifyResponse
 
 router = APIRouter(prefix=API_PREFIX, tags=["faces"])
@@ -31,12 +31,9 @@ async def verify(
     settings: SettingsDep,
     metrics: MetricsDep,
 ) -> VerifyResponse:
-    timings = [Timings(embedder.ref), Timings(embedder.ref)]
-    try:
-        a, b = await embed_both(pipeline, [("image_a", image_a), ("image_b", image_b)], [embedder], timings)
-    finally:
-        for timing in timings:
-            metrics.observe_stages(timing.records)
+    a, b = await embed_uploads(
+        pipeline, [("image_a", image_a), ("image_b", image_b)], [embedder], metrics, label=embedder.ref
+    )
     start = time.perf_counter()
     score = cosine(a.embeddings[embedder.ref], b.embeddings[embedder.ref])
     threshold = embedder.threshold(settings.target_fmr)
