@@ -220,6 +220,64 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- prune ----------------------------------------------------------------------------------------
+def cmd_prune(args: argparse.Namespace) -> int:
+    from pruning.data.paths import data_root
+    from pruning.prune import PruneConfig, prune
+
+    config = PruneConfig(
+        run_dir=args.run_dir,
+        checkpoint=args.checkpoint,
+        crops_root=(args.data or data_root()) / "crops",
+        criterion=args.criterion,
+        pruning_ratio=args.pruning_ratio,
+        iterative_steps=args.iterative_steps,
+        levels=tuple(args.levels),
+        importance_batches=args.importance_batches,
+        finetune_steps=args.finetune_steps,
+        final_finetune_steps=args.final_finetune_steps,
+        batch_size=args.batch_size,
+        ignored_layers=args.ignored_layers or [],
+        threads=args.threads,
+        seed=args.seed,
+    )
+    summary = prune(config)
+    last = summary["history"][-1]  # type: ignore[index]
+    print(
+        json.dumps(
+            {"run_dir": str(args.run_dir), "removed_share": last["removed_share"], "params": last["params"]}
+        )
+    )
+    return 0
+
+
+# ---- publish --------------------------------------------------------------------------------------
+def cmd_publish(args: argparse.Namespace) -> int:
+    from pruning.data.paths import data_root
+    from pruning.publish import publish_checkpoint
+
+    root = args.data or data_root()
+    manifest = publish_checkpoint(
+        ModelStore(args.store),
+        args.checkpoint,
+        name=args.name,
+        crops_root=root / "crops",
+        lfw_pairs=args.pairs,
+        lfw_root=args.images_root,
+        cache_dir=root / "eval-cache",
+        parent=args.parent,
+        alias=args.alias,
+        description=args.description,
+        command="faceverify " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("faceverify") else None,
+    )
+    print(
+        json.dumps(
+            {"published": manifest.ref, "lfw": manifest.metrics["lfw"], "thresholds": manifest.thresholds}
+        )
+    )
+    return 0
+
+
 # ---- export-mtcnn ---------------------------------------------------------------------------------
 def cmd_export_mtcnn(args: argparse.Namespace) -> int:
     from pruning.mtcnn_export import export_and_publish
@@ -308,6 +366,36 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--val-every", type=int, default=1000)
     tr.add_argument("--seed", type=int, default=0)
     tr.set_defaults(handler=cmd_train)
+
+    pr = sub.add_parser("prune", help="iterative filter pruning with fine-tuning (resumable)")
+    pr.add_argument("checkpoint", type=Path, help="the dense model checkpoint")
+    pr.add_argument("--run-dir", type=Path, required=True)
+    pr.add_argument("--data", type=Path, help="data root (default: $FACEVERIFY_DATA or ~/.cache/...)")
+    pr.add_argument(
+        "--criterion", default="taylor", help="taylor | taylor_weight | taylor_weight_sum_sq | l1 | random"
+    )
+    pr.add_argument("--pruning-ratio", type=float, default=0.5)
+    pr.add_argument("--iterative-steps", type=int, default=10)
+    pr.add_argument("--levels", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5])
+    pr.add_argument("--importance-batches", type=int, default=8)
+    pr.add_argument("--finetune-steps", type=int, default=100)
+    pr.add_argument("--final-finetune-steps", type=int, default=400)
+    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--ignored-layers", nargs="*", help="layers that keep every filter (e.g. stem)")
+    pr.add_argument("--threads", type=int, default=2)
+    pr.add_argument("--seed", type=int, default=0)
+    pr.set_defaults(handler=cmd_prune)
+
+    pub = sub.add_parser("publish", help="checkpoint → ONNX → LFW + calibrated threshold → model store")
+    pub.add_argument("checkpoint", type=Path)
+    pub.add_argument("--name", required=True, help="model name in the store, e.g. squeezefacenet")
+    pub.add_argument("--pairs", type=Path, required=True, help="LFW pairs.txt (benchmark only, never tuning)")
+    pub.add_argument("--images-root", type=Path, required=True)
+    pub.add_argument("--data", type=Path, help="data root (default: $FACEVERIFY_DATA or ~/.cache/...)")
+    pub.add_argument("--parent", help="name@version this model derives from")
+    pub.add_argument("--alias", help="point this alias (e.g. default) at the new version")
+    pub.add_argument("--description", default="")
+    pub.set_defaults(handler=cmd_publish)
 
     ev = sub.add_parser("eval", help="verification accuracy end to end from raw photos (LFW protocol)")
     which = ev.add_mutually_exclusive_group(required=True)

@@ -57,6 +57,44 @@ def parity(model: SqueezeFaceNet, path: Path, crops: np.ndarray) -> float:
     return float(np.min(np.sum(expected * got, axis=1) / np.linalg.norm(got, axis=1)))
 
 
+def publish_prepared(
+    store: ModelStore,
+    model: SqueezeFaceNet,
+    onnx_path: Path,
+    *,
+    name: str,
+    description: str,
+    metrics: dict[str, dict[str, float | int | str]],
+    thresholds: dict[str, float],
+    provenance: Provenance,
+    parent: str | None = None,
+    pruning: dict[str, object] | None = None,
+) -> Manifest:
+    """Publish an already exported and checked ONNX file with a filled manifest."""
+    manifest = Manifest(
+        name=name,
+        version=1,
+        kind="embedder",
+        description=description,
+        artifacts={},
+        parent=parent,
+        input=InputSpec(
+            size=MODEL_CARD["input_size"],  # type: ignore[arg-type]
+            mean=MODEL_CARD["mean"],  # type: ignore[arg-type]
+            std=MODEL_CARD["std"],  # type: ignore[arg-type]
+            alignment_template=str(MODEL_CARD["alignment_template"]),
+        ),
+        output=OutputSpec(embedding_dim=model.config.embedding_dim, normalised=True),
+        params=count_params(model),
+        flops=count_flops(model),
+        metrics=metrics,
+        thresholds=thresholds,
+        provenance=provenance,
+        pruning=pruning,
+    )
+    return store.publish(manifest, {"model": onnx_path})
+
+
 def publish_embedder(
     store: ModelStore,
     model: SqueezeFaceNet,
@@ -71,31 +109,22 @@ def publish_embedder(
     pruning: dict[str, object] | None = None,
     min_parity: float = 0.9999,
 ) -> Manifest:
+    """Export, check parity on real crops, and publish."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         export_onnx(model, path)
         cosine = parity(model, path, parity_crops)
         if cosine < min_parity:
             raise RuntimeError(f"ONNX parity too low: min cosine {cosine:.6f} < {min_parity}")
-        manifest = Manifest(
+        return publish_prepared(
+            store,
+            model,
+            path,
             name=name,
-            version=1,
-            kind="embedder",
             description=description,
-            artifacts={},
-            parent=parent,
-            input=InputSpec(
-                size=MODEL_CARD["input_size"],  # type: ignore[arg-type]
-                mean=MODEL_CARD["mean"],  # type: ignore[arg-type]
-                std=MODEL_CARD["std"],  # type: ignore[arg-type]
-                alignment_template=str(MODEL_CARD["alignment_template"]),
-            ),
-            output=OutputSpec(embedding_dim=model.config.embedding_dim, normalised=True),
-            params=count_params(model),
-            flops=count_flops(model),
             metrics=metrics | {"onnx_parity": {"min_cosine": cosine, "crops": len(parity_crops)}},
             thresholds=thresholds,
             provenance=provenance,
+            parent=parent,
             pruning=pruning,
         )
-        return store.publish(manifest, {"model": path})

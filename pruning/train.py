@@ -63,16 +63,21 @@ class TrainConfig:
 
 
 def distillation_loss(
-    student: torch.Tensor, target: torch.Tensor, config: TrainConfig
+    student: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    sp_weight: float = 2.0,
+    nce_weight: float = 0.2,
+    nce_temperature: float = 0.1,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     s = F.normalize(student, dim=1)
     cos = (s * target).sum(dim=1)
     loss_cos = (1 - cos).mean()
     off_diagonal = ~torch.eye(len(s), dtype=torch.bool)
     loss_sp = ((s @ s.T - target @ target.T)[off_diagonal] ** 2).mean()
-    logits = s @ target.T / config.nce_temperature
+    logits = s @ target.T / nce_temperature
     loss_nce = F.cross_entropy(logits, torch.arange(len(s)))
-    loss = loss_cos + config.sp_weight * loss_sp + config.nce_weight * loss_nce
+    loss = loss_cos + sp_weight * loss_sp + nce_weight * loss_nce
     parts = {"cos": cos.mean().item(), "sp": loss_sp.item(), "nce": loss_nce.item()}
     return loss, parts
 
@@ -86,6 +91,44 @@ def lr_at(step: int, total: int, config: TrainConfig) -> float:
 
 def batch_tensor(crops: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(crops_to_tensor(crops, MODEL_CARD["mean"], MODEL_CARD["std"]))  # type: ignore[arg-type]
+
+
+@dataclass
+class DistillationData:
+    """Training faces with their centred, unit-length teacher targets, and the held-out validation faces."""
+
+    train: FaceSet
+    val: FaceSet
+    targets: torch.Tensor  # (N_train, 128)
+    target_mean: np.ndarray  # (128,) mean raw teacher descriptor of the training faces
+
+    @classmethod
+    def load(
+        cls,
+        crops_root: Path,
+        sources: list[str] | None = None,
+        val_fraction: float = 0.1,
+        target_mean: np.ndarray | None = None,
+    ) -> DistillationData:
+        faces = load_faceset(crops_root, sources)
+        held_out = validation_mask(faces.identity, val_fraction)
+        train_set, val_set = faces.subset(~held_out), faces.subset(held_out)
+        if len(set(val_set.identity)) < 2:
+            raise ValueError("the validation split needs faces of at least two held-out identities")
+        mean = train_set.teacher.mean(axis=0) if target_mean is None else np.asarray(target_mean, np.float32)
+        targets = F.normalize(torch.from_numpy(train_set.teacher - mean), dim=1)
+        return cls(train_set, val_set, targets, mean)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return len(self.train) // batch_size
+
+    def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented inputs and targets of global step ``step``: a fresh permutation every epoch."""
+        epoch, within = divmod(step, self.steps_per_epoch(batch_size))
+        order = np.random.default_rng(seed + epoch).permutation(len(self.train))
+        index = np.sort(order[within * batch_size : (within + 1) * batch_size])
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        return augment(batch_tensor(self.train.crops[index]), generator), self.targets[index]
 
 
 def validate(model: torch.nn.Module, val: FaceSet) -> dict[str, object]:
@@ -103,20 +146,14 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
 
     torch.set_num_threads(config.threads)
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    faces = load_faceset(config.crops_root, config.sources)
-    held_out = validation_mask(faces.identity, config.val_fraction)
-    train_set, val_set = faces.subset(~held_out), faces.subset(held_out)
-    if len(set(val_set.identity)) < 2:
-        raise ValueError("the validation split needs faces of at least two held-out identities")
-    target_mean = train_set.teacher.mean(axis=0)
-    targets = torch.from_numpy(train_set.teacher - target_mean)
-    targets = F.normalize(targets, dim=1)
+    data = DistillationData.load(config.crops_root, config.sources, config.val_fraction)
+    train_set, val_set = data.train, data.val
 
     model = create_model(config.arch or None)
     if config.init is not None:
         model.load_state_dict(load_checkpoint(config.init)[0].state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = len(train_set) // config.batch_size
+    steps_per_epoch = data.steps_per_epoch(config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
@@ -133,7 +170,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         "data": {"train": train_set.counts(), "val": val_set.counts()},
         "val_identities": len(set(val_set.identity)),
         "params": count_params(model),
-        "target_mean": target_mean.tolist(),
+        "target_mean": data.target_mean.tolist(),
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
     }
@@ -155,19 +192,22 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     model.train()
     window_start, window_images = time.perf_counter(), 0
     while step < total_steps and not stop["now"]:
-        epoch, within = divmod(step, steps_per_epoch)
-        order = np.random.default_rng(config.seed + epoch).permutation(len(train_set))
-        index = np.sort(order[within * config.batch_size : (within + 1) * config.batch_size])
-        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        x = augment(batch_tensor(train_set.crops[index]), gen)
+        epoch = step // steps_per_epoch
+        x, targets = data.batch(step, config.batch_size, config.seed)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total_steps, config)
-        loss, parts = distillation_loss(model(x), targets[index], config)
+        loss, parts = distillation_loss(
+            model(x),
+            targets,
+            sp_weight=config.sp_weight,
+            nce_weight=config.nce_weight,
+            nce_temperature=config.nce_temperature,
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         step += 1
-        window_images += len(index)
+        window_images += len(x)
         bar.update()
         if step % 10 == 0:
             rate = window_images / (time.perf_counter() - window_start)

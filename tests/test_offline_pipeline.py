@@ -17,6 +17,8 @@ from pruning.data.faceset import load_faceset, validation_mask
 from pruning.data.prep import PrepConfig, implausible_landmarks, iter_records, load_labels, prepare
 from pruning.export import export_onnx, parity, publish_embedder
 from pruning.models import SqueezeFaceNetConfig, count_flops, count_params, create_model
+from pruning.prune import PruneConfig, prune
+from pruning.surgery import filter_counts
 from pruning.teacher import DlibTeacher, build_teacher_cache, teacher_path
 from pruning.train import TrainConfig, train
 from tests.conftest import DATA
@@ -201,3 +203,53 @@ def test_publish_embedder_fills_manifest(crops_root: Path, tmp_path: Path) -> No
 
     embedder = Embedder.from_store(store, "tiny")
     assert embedder.embed(faces.crops[:3]).shape == (3, 128)
+
+
+def test_pruning_schedule_snapshots_levels_and_resumes(crops_root: Path, tmp_path: Path) -> None:
+    dense_run = tmp_path / "dense"
+    small = {"stem": 32, "fires": [(8, 16, 16)] * 8, "head": 64, "embedding_dim": 128, "pool_after": (1, 3)}
+    train(
+        TrainConfig(
+            run_dir=dense_run,
+            crops_root=crops_root,
+            batch_size=8,
+            max_steps=2,
+            val_every=2,
+            warmup_steps=1,
+            arch=small,
+            val_fraction=0.5,
+        ),
+        progress=False,
+    )
+    config = PruneConfig(
+        run_dir=tmp_path / "prune",
+        checkpoint=dense_run / "best.pt",
+        crops_root=crops_root,
+        criterion="taylor",
+        pruning_ratio=0.2,
+        iterative_steps=2,
+        levels=(0.1, 0.2),
+        importance_batches=1,
+        finetune_steps=1,
+        final_finetune_steps=1,
+        batch_size=8,
+        val_fraction=0.5,
+        ignored_layers=["stem"],
+    )
+    summary = prune(config, progress=False)
+    history = summary["history"]
+    assert [h["iteration"] for h in history] == [0, 1, 2]
+    assert history[-1]["removed_share"] >= 0.2
+    assert history[-1]["params"] < history[0]["params"]
+    assert history[-1]["filters"]["stem"] == 32  # ignored layers keep every filter
+    assert sum(history[1]["removed_this_step"].values()) == summary["prunable_filters"] // 10 + (
+        summary["prunable_filters"] % 10 > 0
+    )
+    for level in ("level-10.pt", "level-20.pt"):
+        model, payload = load_checkpoint(tmp_path / "prune" / level)
+        assert payload["criterion"] == "taylor" and "eer" in payload["val"]
+        assert filter_counts(model) == payload["record"]["filters"]
+    stamp = (tmp_path / "prune" / "level-20.pt").stat().st_mtime_ns
+    again = prune(config, progress=False)  # finished: resuming does nothing
+    assert again["history"] == history
+    assert (tmp_path / "prune" / "level-20.pt").stat().st_mtime_ns == stamp

@@ -99,6 +99,7 @@ class SqueezeFaceNet(nn.Module):
             self.fires.append(fire)
             channels = fire.out_channels
         self.head = conv_bn(channels, config.head, 1)
+        self.gap = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.embedding = nn.Linear(config.head, config.embedding_dim, bias=False)
         self.embedding_bn = nn.BatchNorm1d(config.embedding_dim)
@@ -122,7 +123,7 @@ class SqueezeFaceNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised embedding; callers L2-normalise (the ONNX export does it inside)."""
-        x = self.features(x).mean(dim=(2, 3))
+        x = torch.flatten(self.gap(self.features(x)), 1)
         return self.embedding_bn(self.embedding(self.dropout(x)))
 
 

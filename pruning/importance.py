@@ -1,0 +1,164 @@
+"""Filter importance criteria, all with one interface: accumulate over mini-batches, then ``scores()``.
+
+- Taylor, activation form — Molchanov et al. 2017, "Pruning Convolutional Neural Networks for Resource
+  Efficient Inference", https://arxiv.org/abs/1611.06440: per feature map, |mean over positions of
+  activation × ∂loss/∂activation| per example, averaged over examples, then ℓ2-normalised within each layer.
+- Taylor, weight form — Molchanov et al. 2019, "Importance Estimation for Neural Network Pruning",
+  https://arxiv.org/abs/1906.10771: first-order change in loss from zeroing a filter's parameters,
+  (Σ_s w_s·g_s)² over the filter's conv weights and its batch-norm scale and shift ("group" form, the paper's
+  eq. 8); ``weight_sum_sq`` is the per-parameter sum Σ_s (w_s·g_s)² (eq. 7 summed over the filter).
+- Baselines: ℓ1 norm of the filter's weights (Li et al. 2017, https://arxiv.org/abs/1608.08710) and random.
+
+The loss is the caller's: in this project, the distillation fine-tuning loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import torch
+from torch import nn
+
+from pruning.models import SqueezeFaceNet
+from pruning.surgery import prunable_layers
+
+LossFn = Callable[[SqueezeFaceNet, object], torch.Tensor]
+
+
+def _normalise_per_layer(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Layer-wise ℓ2 normalisation (Molchanov 2017, sec. 2.2) so layers of different depth compare."""
+    return {name: s / (s.norm() + 1e-12) for name, s in scores.items()}
+
+
+class Importance:
+    name: str = "importance"
+    needs_data: bool = True
+
+    def accumulate(self, model: SqueezeFaceNet, loss_fn: LossFn, batches: Iterable[object]) -> None:
+        """Feed mini-batches (a no-op for data-free criteria)."""
+
+    def scores(self, model: SqueezeFaceNet) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class TaylorImportance(Importance):
+    def __init__(self, form: Literal["activation", "weight", "weight_sum_sq"] = "activation") -> None:
+        self.form = form
+        self.name = f"taylor_{form}"
+        self._sums: dict[str, torch.Tensor] = {}
+        self._count = 0
+
+    def accumulate(self, model: SqueezeFaceNet, loss_fn: LossFn, batches: Iterable[object]) -> None:
+        layers = prunable_layers(model)
+        was_training = model.training
+        model.train()  # the fine-tuning regime the scores describe
+        for batch in batches:
+            captured: dict[str, torch.Tensor] = {}
+            handles = []
+            if self.form == "activation":
+                for name, block in layers.items():
+                    handles.append(block.register_forward_hook(self._capture(name, captured)))
+            model.zero_grad(set_to_none=True)
+            try:
+                loss = loss_fn(model, batch)
+                loss.backward()
+            finally:
+                for handle in handles:
+                    handle.remove()
+            for name, block in layers.items():
+                contribution = self._contribution(block, captured.get(name))
+                self._sums[name] = self._sums.get(name, 0) + contribution.detach()
+            self._count += 1
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+
+    @staticmethod
+    def _capture(name: str, captured: dict[str, torch.Tensor]):
+        def hook(_module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            def keep_grad(grad: torch.Tensor) -> None:
+                # per example: |mean over positions of a·∂L/∂a|, then the mean over the batch
+                captured[name] = (output.detach() * grad).mean(dim=(2, 3)).abs().mean(dim=0)
+
+            output.register_hook(keep_grad)
+
+        return hook
+
+    def _contribution(self, block: nn.Sequential, activation_score: torch.Tensor | None) -> torch.Tensor:
+        if self.form == "activation":
+            assert activation_score is not None, "no gradient reached this layer"
+            return activation_score
+        conv, bn = block[0], block[1]
+        per_param = [
+            (conv.weight * conv.weight.grad).flatten(1),
+            (bn.weight * bn.weight.grad)[:, None],
+            (bn.bias * bn.bias.grad)[:, None],
+        ]
+        stacked = torch.cat(per_param, dim=1)
+        if self.form == "weight":
+            return stacked.sum(dim=1) ** 2
+        return (stacked**2).sum(dim=1)
+
+    def scores(self, model: SqueezeFaceNet) -> dict[str, torch.Tensor]:
+        if not self._count:
+            raise RuntimeError("accumulate() at least one batch first")
+        return _normalise_per_layer({name: s / self._count for name, s in self._sums.items()})
+
+
+class MagnitudeImportance(Importance):
+    name = "l1"
+    needs_data = False
+
+    def scores(self, model: SqueezeFaceNet) -> dict[str, torch.Tensor]:
+        return _normalise_per_layer(
+            {
+                name: block[0].weight.detach().abs().flatten(1).sum(dim=1)
+                for name, block in prunable_layers(model).items()
+            }
+        )
+
+
+class RandomImportance(Importance):
+    name = "random"
+    needs_data = False
+
+    def __init__(self, seed: int = 0) -> None:
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def scores(self, model: SqueezeFaceNet) -> dict[str, torch.Tensor]:
+        return {
+            name: torch.rand(block[0].out_channels, generator=self._generator)
+            for name, block in prunable_layers(model).items()
+        }
+
+
+def create_importance(criterion: str, seed: int = 0) -> Importance:
+    factories: dict[str, Callable[[], Importance]] = {
+        "taylor": lambda: TaylorImportance("activation"),
+        "taylor_weight": lambda: TaylorImportance("weight"),
+        "taylor_weight_sum_sq": lambda: TaylorImportance("weight_sum_sq"),
+        "l1": MagnitudeImportance,
+        "random": lambda: RandomImportance(seed),
+    }
+    if criterion not in factories:
+        raise ValueError(f"unknown criterion {criterion!r}; choose from {', '.join(factories)}")
+    return factories[criterion]()
+
+
+def lowest_filters(
+    scores: dict[str, torch.Tensor], count: int, *, min_keep: dict[str, int]
+) -> dict[str, list[int]]:
+    """The ``count`` globally lowest-scored filters, never leaving a layer under ``min_keep[layer]``."""
+    ranked = sorted(
+        ((float(score), name, index) for name, s in scores.items() for index, score in enumerate(s.tolist())),
+    )
+    plan: dict[str, list[int]] = {name: [] for name in scores}
+    chosen = 0
+    for _, name, index in ranked:
+        if chosen == count:
+            break
+        if len(scores[name]) - len(plan[name]) <= min_keep[name]:
+            continue
+        plan[name].append(index)
+        chosen += 1
+    return plan

@@ -1,0 +1,181 @@
+"""``faceverify prune``: iterative filter pruning with fine-tuning (the schedule).
+
+Molchanov et al. 2017 (https://arxiv.org/abs/1611.06440), Algorithm: rank every filter → remove the
+``filters_per_step`` lowest globally → fine-tune ``finetune_steps`` → repeat, ``iterative_steps`` times, until
+``pruning_ratio`` of the prunable filters are gone. When the cumulative share removed reaches each level in
+``levels``, the network is snapshotted and given ``final_finetune_steps`` more fine-tuning steps of its own.
+Criteria, surgery and schedule live apart (``importance.py``, ``surgery.py``, here), as in Torch-Pruning.
+
+Resumable: ``state.pt`` after every iteration (model, iteration, history), ``level-XX.pt`` per finished level.
+``history.json`` records, per iteration, how many filters each layer lost.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from pruning.checkpoint import load_checkpoint, save_checkpoint
+from pruning.importance import create_importance, lowest_filters
+from pruning.models import SqueezeFaceNet, count_flops, count_params
+from pruning.surgery import filter_counts, remove_filters
+from pruning.train import DistillationData, distillation_loss, validate
+
+
+@dataclass
+class PruneConfig:
+    run_dir: Path
+    checkpoint: Path  # the dense model
+    crops_root: Path
+    criterion: str = "taylor"
+    pruning_ratio: float = 0.5  # share of prunable filters removed by the last iteration
+    iterative_steps: int = 10
+    levels: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
+    importance_batches: int = 8
+    finetune_steps: int = 100
+    final_finetune_steps: int = 400
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_keep_fraction: float = 0.1  # never thin a layer below this share of its original filters
+    ignored_layers: list[str] = field(default_factory=list)
+    sources: list[str] | None = None
+    val_fraction: float = 0.1
+    seed: int = 0
+    threads: int = 2
+
+    def to_json(self) -> dict[str, object]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+def _loss(model: SqueezeFaceNet, batch: object) -> torch.Tensor:
+    x, targets = batch  # type: ignore[misc]
+    return distillation_loss(model(x), targets)[0]
+
+
+def finetune(
+    model: SqueezeFaceNet, data: DistillationData, steps: int, config: PruneConfig, seed_step: int
+) -> None:
+    """Plain AdamW fine-tuning with a cosine decay over ``steps`` (a fresh optimiser: the shapes changed)."""
+    if steps <= 0:
+        return
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=5e-4)
+    model.train()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        loss = _loss(model, data.batch(seed_step + step, config.batch_size, config.seed))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def level_name(level: float) -> str:
+    return f"level-{round(level * 100):02d}"
+
+
+def prune(config: PruneConfig, progress: bool = True) -> dict[str, object]:
+    from tqdm import tqdm
+
+    torch.set_num_threads(config.threads)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    dense, dense_payload = load_checkpoint(config.checkpoint)
+    target_mean = dense_payload.get("meta", {}).get("target_mean")
+    data = DistillationData.load(config.crops_root, config.sources, config.val_fraction, target_mean)
+    original = filter_counts(dense)
+    total = sum(v for k, v in original.items() if k not in config.ignored_layers)
+    per_step = math.ceil(config.pruning_ratio * total / config.iterative_steps)
+    min_keep = {k: max(1, math.ceil(config.min_keep_fraction * v)) for k, v in original.items()}
+    for name in config.ignored_layers:
+        min_keep[name] = original[name]
+
+    state_path = config.run_dir / "state.pt"
+    if state_path.exists():
+        model, state = load_checkpoint(state_path)
+        iteration, history = int(state["iteration"]), list(state["history"])
+    else:
+        model, iteration = copy.deepcopy(dense), 0
+        history = [_describe(model, original, 0, {}, 0)]
+    importance = create_importance(config.criterion, seed=config.seed)
+    summary = {"config": config.to_json(), "original_filters": original, "prunable_filters": total}
+
+    bar = tqdm(
+        total=config.iterative_steps,
+        initial=iteration,
+        desc=f"prune {config.criterion}",
+        disable=not progress,
+    )
+    while iteration < config.iterative_steps:
+        iteration += 1
+        step_base = iteration * 100_000  # distinct batches per iteration, reproducible on resume
+        if importance.needs_data:
+            importance = create_importance(config.criterion, seed=config.seed + iteration)
+            batches = (
+                data.batch(step_base - 1000 + b, config.batch_size, config.seed)
+                for b in range(config.importance_batches)
+            )
+            importance.accumulate(model, _loss, batches)
+        scores = importance.scores(model)
+        plan = lowest_filters(scores, per_step, min_keep=_current_min_keep(model, min_keep))
+        remove_filters(model, plan)
+        finetune(model, data, config.finetune_steps, config, step_base)
+        removed = {k: len(v) for k, v in plan.items() if v}
+        history.append(_describe(model, original, iteration, removed, total))
+        save_checkpoint(state_path, model, iteration=iteration, history=history, config=config.to_json())
+        (config.run_dir / "history.json").write_text(
+            json.dumps(summary | {"history": history}, indent=2) + "\n"
+        )
+        bar.update()
+        bar.set_postfix(removed=f"{history[-1]['removed_share']:.2f}", params=history[-1]["params"])
+        _snapshot_levels(model, data, history[-1], config, step_base)
+    bar.close()
+    return summary | {"history": history}
+
+
+def _current_min_keep(model: SqueezeFaceNet, min_keep: dict[str, int]) -> dict[str, int]:
+    return {name: min(min_keep[name], count) for name, count in filter_counts(model).items()}
+
+
+def _describe(
+    model: SqueezeFaceNet, original: dict[str, int], iteration: int, removed: dict[str, int], total: int
+) -> dict[str, object]:
+    counts = filter_counts(model)
+    gone = sum(original[k] - counts[k] for k in original)
+    return {
+        "iteration": iteration,
+        "removed_this_step": removed,
+        "filters": counts,
+        "removed_share": gone / total if total else 0.0,
+        "params": count_params(model),
+        "flops": count_flops(model),
+    }
+
+
+def _snapshot_levels(
+    model: SqueezeFaceNet,
+    data: DistillationData,
+    record: dict[str, object],
+    config: PruneConfig,
+    step_base: int,
+) -> None:
+    """Finish every level the cumulative share has reached and that has no checkpoint yet."""
+    for level in config.levels:
+        path = config.run_dir / f"{level_name(level)}.pt"
+        if float(record["removed_share"]) + 1e-9 < level or path.exists():  # type: ignore[arg-type]
+            continue
+        snapshot = copy.deepcopy(model)
+        finetune(snapshot, data, config.final_finetune_steps, config, step_base + 50_000)
+        metrics = validate(snapshot, data.val)
+        save_checkpoint(
+            path,
+            snapshot,
+            level=level,
+            criterion=config.criterion,
+            val=metrics,
+            record=record,
+            meta={"target_mean": data.target_mean.tolist(), "prune_config": config.to_json()},
+        )

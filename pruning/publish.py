@@ -1,0 +1,132 @@
+"""``faceverify publish``: a checkpoint → ONNX → measured → a new version in the model store.
+
+The figures in the manifest are measured on the exported ONNX bytes themselves (not on the torch model):
+LFW View 2 through the evaluation harness, and the threshold for FMR = 1e-3 calibrated on the
+identity-held-out validation split (never on LFW).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from model_store import Manifest, ModelStore, Provenance
+from model_store.manifest import DataSource
+from pruning.calibrate import calibrate
+from pruning.checkpoint import load_checkpoint
+from pruning.evaluate import crop_embedder, evaluate, read_pairs
+from pruning.export import export_onnx, parity, publish_prepared
+from pruning.models import MODEL_CARD
+from pruning.teacher import TEACHER_NAME
+from pruning.train import DistillationData
+from service.vision.tensor import crops_to_tensor
+
+LFW_KEYS = (
+    "accuracy_mean",
+    "accuracy_std",
+    "eer",
+    "tar_at_far_1e-3",
+    "auc",
+    "n_pairs",
+    "failures_to_acquire",
+)
+
+
+def onnx_embed_fn(path: Path, threads: int = 2):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def embed(crops: np.ndarray) -> np.ndarray:
+        outs = []
+        for start in range(0, len(crops), 256):
+            x = crops_to_tensor(crops[start : start + 256], MODEL_CARD["mean"], MODEL_CARD["std"])  # type: ignore[arg-type]
+            outs.append(session.run(None, {"input": x})[0])
+        return np.concatenate(outs)
+
+    return embed
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def publish_checkpoint(
+    store: ModelStore,
+    checkpoint: Path,
+    *,
+    name: str,
+    crops_root: Path,
+    lfw_pairs: Path,
+    lfw_root: Path,
+    cache_dir: Path | None = None,
+    parent: str | None = None,
+    alias: str | None = None,
+    description: str = "",
+    command: str | None = None,
+) -> Manifest:
+    model, payload = load_checkpoint(checkpoint)
+    meta = payload.get("meta", {})
+    data = DistillationData.load(crops_root, target_mean=meta.get("target_mean"))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(model, path)
+        cosine = parity(model, path, data.val.crops[:256])
+        if cosine < 0.9999:
+            raise RuntimeError(f"ONNX parity too low: {cosine:.6f}")
+        embed = onnx_embed_fn(path)
+        validation = calibrate(embed(data.val.crops), data.val.identity)
+        lfw = evaluate(
+            read_pairs(lfw_pairs),
+            lfw_root,
+            crop_embedder(embed, str(MODEL_CARD["alignment_template"])),
+            store=store,
+            cache_dir=cache_dir,
+        )
+        train_counts = meta.get("data", {}).get("train") or data.train.counts()
+        record = payload.get("record")
+        pruning = None
+        if record is not None:
+            pruning = {
+                "criterion": payload.get("criterion"),
+                "level": payload.get("level"),
+                "removed_share": record["removed_share"],
+                "filters": record["filters"],
+                "config": meta.get("prune_config"),
+            }
+        manifest = publish_prepared(
+            store,
+            model,
+            path,
+            name=name,
+            description=description,
+            parent=parent,
+            metrics={
+                "lfw": {k: lfw[k] for k in LFW_KEYS},  # type: ignore[misc]
+                "validation": {k: v for k, v in validation.items() if k != "thresholds"},  # type: ignore[misc]
+                "onnx_parity": {"min_cosine": cosine, "crops": min(256, len(data.val))},
+            },
+            thresholds=validation["thresholds"],  # type: ignore[arg-type]
+            provenance=Provenance(
+                data_sources=[DataSource(name=k, images=int(v)) for k, v in sorted(train_counts.items())],
+                teacher=f"{TEACHER_NAME} (dlib, face-recognition-models 0.3.0)",
+                seed=int(meta.get("config", {}).get("seed", 0))
+                if isinstance(meta.get("config"), dict)
+                else None,
+                code_commit=_git_commit(),
+                command=command,
+            ),
+            pruning=pruning,
+        )
+    if alias:
+        store.set_alias(alias, manifest.ref)
+    return manifest
