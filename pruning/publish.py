@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ from pruning.calibrate import calibrate
 from pruning.checkpoint import load_checkpoint
 from pruning.evaluate import crop_embedder, evaluate, read_pairs
 from pruning.export import export_onnx, parity, publish_prepared
-from pruning.models import MODEL_CARD
+from pruning.models import MODEL_CARD, SqueezeFaceNet
 from pruning.teacher import TEACHER_NAME
 from pruning.train import DistillationData
 from service.vision.tensor import crops_to_tensor
@@ -60,23 +63,34 @@ def _git_commit() -> str | None:
         return None
 
 
-def publish_checkpoint(
-    store: ModelStore,
+@dataclass
+class Measurement:
+    """A checkpoint exported to ONNX and measured on those bytes."""
+
+    model: SqueezeFaceNet
+    payload: dict
+    onnx_path: Path
+    lfw: dict[str, object]
+    validation: dict[str, object]
+    parity: float
+    train_counts: dict[str, int]
+
+
+@contextmanager
+def measured(
     checkpoint: Path,
     *,
-    name: str,
     crops_root: Path,
     lfw_pairs: Path,
     lfw_root: Path,
+    store: ModelStore,
     cache_dir: Path | None = None,
-    parent: str | None = None,
-    alias: str | None = None,
-    description: str = "",
-    command: str | None = None,
-) -> Manifest:
+    val_fraction: float = 0.1,
+) -> Iterator[Measurement]:
+    """Export ``checkpoint`` to a temporary ONNX file, check parity, measure LFW and the validation split."""
     model, payload = load_checkpoint(checkpoint)
     meta = payload.get("meta", {})
-    data = DistillationData.load(crops_root, target_mean=meta.get("target_mean"))
+    data = DistillationData.load(crops_root, val_fraction=val_fraction, target_mean=meta.get("target_mean"))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         export_onnx(model, path)
@@ -93,35 +107,63 @@ def publish_checkpoint(
             cache_dir=cache_dir,
         )
         train_counts = meta.get("data", {}).get("train") or data.train.counts()
-        record = payload.get("record")
+        yield Measurement(model, payload, path, lfw, validation, cosine, train_counts)
+
+
+def publish_checkpoint(
+    store: ModelStore,
+    checkpoint: Path,
+    *,
+    name: str,
+    crops_root: Path,
+    lfw_pairs: Path,
+    lfw_root: Path,
+    cache_dir: Path | None = None,
+    parent: str | None = None,
+    alias: str | None = None,
+    description: str = "",
+    command: str | None = None,
+    val_fraction: float = 0.1,
+) -> Manifest:
+    with measured(
+        checkpoint,
+        crops_root=crops_root,
+        lfw_pairs=lfw_pairs,
+        lfw_root=lfw_root,
+        store=store,
+        cache_dir=cache_dir,
+        val_fraction=val_fraction,
+    ) as m:
+        meta = m.payload.get("meta", {})
+        record = m.payload.get("record")
         pruning = None
         if record is not None:
             pruning = {
-                "criterion": payload.get("criterion"),
-                "level": payload.get("level"),
+                "criterion": m.payload.get("criterion"),
+                "pruning_ratio": m.payload.get("level"),
                 "removed_share": record["removed_share"],
+                "iteration": record["iteration"],
                 "filters": record["filters"],
                 "config": meta.get("prune_config"),
             }
+        config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
         manifest = publish_prepared(
             store,
-            model,
-            path,
+            m.model,
+            m.onnx_path,
             name=name,
             description=description,
             parent=parent,
             metrics={
-                "lfw": {k: lfw[k] for k in LFW_KEYS},  # type: ignore[misc]
-                "validation": {k: v for k, v in validation.items() if k != "thresholds"},  # type: ignore[misc]
-                "onnx_parity": {"min_cosine": cosine, "crops": min(256, len(data.val))},
+                "lfw": {k: m.lfw[k] for k in LFW_KEYS},  # type: ignore[misc]
+                "validation": {k: v for k, v in m.validation.items() if k != "thresholds"},  # type: ignore[misc]
+                "onnx_parity": {"min_cosine": m.parity, "crops": 256},
             },
-            thresholds=validation["thresholds"],  # type: ignore[arg-type]
+            thresholds=m.validation["thresholds"],  # type: ignore[arg-type]
             provenance=Provenance(
-                data_sources=[DataSource(name=k, images=int(v)) for k, v in sorted(train_counts.items())],
+                data_sources=[DataSource(name=k, images=int(v)) for k, v in sorted(m.train_counts.items())],
                 teacher=f"{TEACHER_NAME} (dlib, face-recognition-models 0.3.0)",
-                seed=int(meta.get("config", {}).get("seed", 0))
-                if isinstance(meta.get("config"), dict)
-                else None,
+                seed=int(config.get("seed", 0)) if config else None,
                 code_commit=_git_commit(),
                 command=command,
             ),

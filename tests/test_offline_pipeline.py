@@ -205,12 +205,13 @@ def test_publish_embedder_fills_manifest(crops_root: Path, tmp_path: Path) -> No
     assert embedder.embed(faces.crops[:3]).shape == (3, 128)
 
 
-def test_pruning_schedule_snapshots_levels_and_resumes(crops_root: Path, tmp_path: Path) -> None:
-    dense_run = tmp_path / "dense"
+@pytest.fixture(scope="module")
+def dense_run(crops_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("dense")
     small = {"stem": 32, "fires": [(8, 16, 16)] * 8, "head": 64, "embedding_dim": 128, "pool_after": (1, 3)}
     train(
         TrainConfig(
-            run_dir=dense_run,
+            run_dir=run,
             crops_root=crops_root,
             batch_size=8,
             max_steps=2,
@@ -221,6 +222,49 @@ def test_pruning_schedule_snapshots_levels_and_resumes(crops_root: Path, tmp_pat
         ),
         progress=False,
     )
+    return run
+
+
+def test_publish_checkpoint_measures_the_onnx_bytes(
+    crops_root: Path, dense_run: Path, tmp_path: Path
+) -> None:
+    from pruning.publish import publish_checkpoint
+
+    people = ["amy", "howard", "leonard"]
+    rows = ["path_a,path_b,same"]
+    for i, person in enumerate(people):
+        other = people[(i + 1) % 3]
+        rows += [
+            f"{person}/{person}1.png,{person}/{person}2.png,1",
+            f"{person}/{person}1.png,{other}/{other}3.png,0",
+        ]
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("\n".join(rows) + "\n")
+    store = ModelStore(
+        shutil.copytree(ModelStore().root, tmp_path / "store", ignore=shutil.ignore_patterns("squeeze*"))
+    )
+    manifest = publish_checkpoint(
+        store,
+        dense_run / "best.pt",
+        name="tinyface",
+        crops_root=crops_root,
+        lfw_pairs=pairs,
+        lfw_root=BBT,
+        alias="default",
+        val_fraction=0.5,
+    )
+    assert store.resolve("default") == store.resolve("tinyface@1")
+    assert manifest.metrics["lfw"]["n_pairs"] == 6
+    assert set(manifest.metrics["lfw"]) >= {"accuracy_mean", "eer", "tar_at_far_1e-3", "failures_to_acquire"}
+    assert manifest.metrics["onnx_parity"]["min_cosine"] >= 0.9999
+    assert manifest.provenance.data_sources[0].name == "bbt" and manifest.provenance.teacher
+    assert manifest.input.alignment_template == "arcface_112" and manifest.output.normalised
+    store.verify("tinyface@1")
+
+
+def test_pruning_schedule_snapshots_levels_and_resumes(
+    crops_root: Path, dense_run: Path, tmp_path: Path
+) -> None:
     config = PruneConfig(
         run_dir=tmp_path / "prune",
         checkpoint=dense_run / "best.pt",
