@@ -1,0 +1,249 @@
+"""Pruning report: every level of every criterion, measured the same way, in one table with figures.
+
+Run (after ``faceverify prune`` for each criterion):
+    .venv/bin/python bench/pruning_report.py --dense runs/dense/best.pt \\
+        --run taylor=runs/prune-taylor --run l1=runs/prune-l1 --run random=runs/prune-random
+
+Each checkpoint is exported to ONNX and measured on those bytes (pruning/publish.py ``measured``): LFW View 2
+through the harness, the FMR = 1e-3 threshold from the held-out validation identities, ONNX size, and
+embedding latency with ONNX Runtime on one thread at batch 1 and 32. Measurements are cached in
+reports/pruning/measurements.json by checkpoint hash, so a rerun only measures what is new.
+Writes reports/pruning.md and reports/pruning/*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from model_store import ModelStore
+from pruning.data.paths import data_root
+from pruning.publish import measured
+
+ROOT = Path(__file__).resolve().parents[1]
+LFW = ROOT.parent / "shared" / "datasets" / "lfw"
+
+
+def latency_ms(onnx_path: Path, batch: int, iters: int) -> float:
+    """Median milliseconds per call on one ORT thread (the serving configuration per worker)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).normal(size=(batch, 3, 112, 112)).astype(np.float32)
+    for _ in range(5):
+        session.run(None, {"input": x})
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        session.run(None, {"input": x})
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def measure(checkpoint: Path, cache: dict[str, dict], store: ModelStore) -> dict[str, object]:
+    key = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
+    if key in cache:
+        return cache[key]
+    root = data_root()
+    with measured(
+        checkpoint,
+        crops_root=root / "crops",
+        lfw_pairs=LFW / "pairs.txt",
+        lfw_root=LFW / "images",
+        store=store,
+        cache_dir=root / "eval-cache",
+    ) as m:
+        from pruning.models import count_flops, count_params
+
+        record = m.payload.get("record") or {}
+        cache[key] = {
+            "checkpoint": str(checkpoint),
+            "params": count_params(m.model),
+            "flops": count_flops(m.model),
+            "onnx_kb": m.onnx_path.stat().st_size / 1024,
+            "latency_b1_ms": latency_ms(m.onnx_path, 1, 200),
+            "latency_b32_ms": latency_ms(m.onnx_path, 32, 20),
+            "lfw_accuracy": m.lfw["accuracy_mean"],
+            "lfw_accuracy_std": m.lfw["accuracy_std"],
+            "lfw_tar_at_far_1e-3": m.lfw["tar_at_far_1e-3"],
+            "lfw_eer": m.lfw["eer"],
+            "threshold_fmr_1e-3": m.validation["thresholds"].get("1e-3"),  # type: ignore[union-attr]
+            "val_tar_at_fmr_1e-3": m.validation.get("tar_at_fmr_1e-3"),
+            "removed_share": record.get("removed_share", 0.0),
+            "filters": record.get("filters"),
+        }
+    return cache[key]
+
+
+def layer_order_analysis(history: list[dict], original: dict[str, int]) -> dict[str, object]:
+    """Do the widest layers lose filters first? Spearman correlation of width with share removed."""
+    from scipy.stats import spearmanr
+
+    names = list(original)
+    widths = [original[n] for n in names]
+    out: dict[str, object] = {}
+    for record in history[1:]:
+        share = [1 - record["filters"][n] / original[n] for n in names]
+        rho, p = spearmanr(widths, share)
+        out[str(record["iteration"])] = {"spearman_rho": float(rho), "p_value": float(p)}
+    first = history[1]
+    first_share = {n: 1 - first["filters"][n] / original[n] for n in names}
+    out["first_iteration_top5"] = sorted(first_share, key=first_share.get, reverse=True)[:5]  # type: ignore[arg-type]
+    return out
+
+
+def plot_tradeoffs(rows: list[dict], out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for x_key, label, name in (
+        ("params", "parameters", "accuracy_vs_params.png"),
+        ("latency_b1_ms", "embedding latency, batch 1, 1 thread (ms)", "accuracy_vs_latency.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+        for criterion in sorted({r["criterion"] for r in rows if r["criterion"] != "dense"}):
+            points = sorted(
+                (r for r in rows if r["criterion"] in (criterion, "dense")), key=lambda r: -r[x_key]
+            )
+            ax.plot(
+                [p[x_key] for p in points], [100 * p["lfw_accuracy"] for p in points], "o-", label=criterion
+            )
+        ax.set_xlabel(label)
+        ax.set_ylabel("LFW accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / name)
+        plt.close(fig)
+
+
+def plot_layers(history: list[dict], original: dict[str, int], out_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(original)
+    share = np.array([[1 - h["filters"][n] / original[n] for n in names] for h in history])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5), dpi=110, gridspec_kw={"width_ratios": [2.2, 1]})
+    image = ax1.imshow(share.T, aspect="auto", cmap="magma", vmin=0, vmax=max(0.01, share.max()))
+    ax1.set_yticks(range(len(names)), names, fontsize=7)
+    ax1.set_xlabel("iteration")
+    ax1.set_title("share of each layer's filters removed (Taylor)")
+    fig.colorbar(image, ax=ax1)
+    ax2.scatter([original[n] for n in names], share[-1], c="tab:red", label="last iteration")
+    ax2.scatter(
+        [original[n] for n in names], share[1] if len(share) > 1 else share[-1], c="tab:blue", label="first"
+    )
+    ax2.set_xscale("log")
+    ax2.set_xlabel("layer's original output channels")
+    ax2.set_ylabel("share removed")
+    ax2.legend()
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dense", type=Path, required=True)
+    parser.add_argument("--run", action="append", default=[], help="criterion=RUN_DIR (repeatable)")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports")
+    args = parser.parse_args()
+
+    out_dir = args.out / "pruning"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_path = out_dir / "measurements.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    store = ModelStore()
+
+    rows = [{"criterion": "dense", "variant": "dense", **measure(args.dense, cache, store)}]
+    cache_path.write_text(json.dumps(cache, indent=2) + "\n")
+    analyses = {}
+    for spec in args.run:
+        criterion, run_dir = spec.split("=", 1)
+        run_dir = Path(run_dir)
+        for checkpoint in sorted(run_dir.glob("level-*.pt")):
+            rows.append(
+                {
+                    "criterion": criterion,
+                    "variant": f"{criterion}-{checkpoint.stem[6:]}",
+                    **measure(checkpoint, cache, store),
+                }
+            )
+            cache_path.write_text(json.dumps(cache, indent=2) + "\n")
+        history_path = run_dir / "history.json"
+        if history_path.exists():
+            history = json.loads(history_path.read_text())
+            analyses[criterion] = layer_order_analysis(history["history"], history["original_filters"])
+            if criterion == "taylor":
+                plot_layers(
+                    history["history"], history["original_filters"], out_dir / "filters_per_layer.png"
+                )
+    plot_tradeoffs(rows, out_dir)
+
+    dense = rows[0]
+    lines = [
+        "# Taylor pruning of SqueezeFaceNet",
+        "",
+        f"`python bench/pruning_report.py --dense {args.dense} "
+        + " ".join(f"--run {r}" for r in args.run)
+        + "`",
+        "",
+        "LFW View 2 10-fold accuracy through the evaluation harness on each variant's exported ONNX;",
+        "threshold for FMR = 1e-3 calibrated on held-out validation identities (not LFW);",
+        "latency = ONNX Runtime, 1 thread.",
+        "",
+        "| variant | filters removed | params | FLOPs (M) | ONNX (KB) | ms b1 | ms b32 | LFW acc "
+        "| Δ vs dense (pp) | TAR@FAR1e-3 | threshold |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        delta = 100 * (r["lfw_accuracy"] - dense["lfw_accuracy"])
+        lines.append(
+            f"| {r['variant']} | {100 * r['removed_share']:.0f} % | {r['params']:,} | "
+            f"{r['flops'] / 1e6:.1f} | "
+            f"{r['onnx_kb']:.0f} | {r['latency_b1_ms']:.2f} | {r['latency_b32_ms']:.1f} | "
+            f"{100 * r['lfw_accuracy']:.2f} ± {100 * r['lfw_accuracy_std']:.2f} | {delta:+.2f} | "
+            f"{r['lfw_tar_at_far_1e-3']:.3f} | {r['threshold_fmr_1e-3']:.3f} |"
+        )
+    lines += [
+        "",
+        "![accuracy vs params](pruning/accuracy_vs_params.png)",
+        "",
+        "![accuracy vs latency](pruning/accuracy_vs_latency.png)",
+        "",
+    ]
+    if "taylor" in analyses:
+        lines += [
+            "## Which layers lose filters first",
+            "",
+            "![filters per layer](pruning/filters_per_layer.png)",
+            "",
+        ]
+    for criterion, analysis in analyses.items():
+        lines.append(
+            f"- {criterion}: first iteration's most-thinned layers {analysis['first_iteration_top5']}; "
+            "Spearman ρ(layer width, share removed) by iteration: "
+            + ", ".join(f"{k}: {v['spearman_rho']:+.2f}" for k, v in analysis.items() if isinstance(v, dict))
+        )
+    (args.out / "pruning.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "summary.json").write_text(
+        json.dumps({"rows": rows, "layer_analysis": analyses}, indent=2) + "\n"
+    )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
