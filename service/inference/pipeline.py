@@ -73,7 +73,7 @@ class FacePipeline:
         try:
             return self._process(data, embedders, timings, single_face=single_face, field_name=field_name)
         except DomainError as error:
-            error.field = error.field or field_name  # decode's errors do not know which upload they were
+            error.field = error.field or field_name  # which upload it was, for the problem document
             raise
 
     def _process(
@@ -91,18 +91,16 @@ class FacePipeline:
             faces = self.detect(image)
         where = f" in {field_name}" if field_name else ""
         if not faces:
-            raise NoFaceDetected(f"No face was found{where}.", field=field_name)
+            raise NoFaceDetected(f"No face was found{where}.")
         if single_face and len(faces) > 1:
             raise MultipleFaces(
                 f"{len(faces)} faces were found{where}; an enrolment photo must show one person.",
-                field=field_name,
                 face_count=len(faces),
             )
         face = faces[0]  # largest first
         if min(face.width, face.height) < self.min_face_px:
             raise FaceTooSmall(
-                f"The face{where} is smaller than {self.min_face_px} pixels; send a closer or sharper photo.",
-                field=field_name,
+                f"The face{where} is smaller than {self.min_face_px} pixels; send a closer or sharper photo."
             )
         embeddings: dict[str, np.ndarray] = {}
         crops: dict[str, np.ndarray] = {}  # template name → crop, shared by variants on the same template
