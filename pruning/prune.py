@@ -63,6 +63,7 @@ def finetune(
     """Plain AdamW fine-tuning with a cosine decay over ``steps`` (a fresh optimiser: the shapes changed)."""
     if steps <= 0:
         return
+    model.to(memory_format=torch.channels_last)  # surgery leaves fresh NCHW tensors behind
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=5e-4)
     model.train()
     for step in range(steps):
