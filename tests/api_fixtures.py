@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from model_store import DEFAULT_ROOT, ModelStore
+from model_store import ModelStore
 from service.main import create_app
-from tests.api_support import COMMITTED_DEFAULT, build_store, make_settings
+from tests.api_support import COMMITTED_DEFAULT, REAL_STORE_ROOT, build_store, make_settings
 
 
 @pytest.fixture(scope="session")
@@ -34,5 +34,5 @@ def client(mixed_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) ->
 def real_store_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """The committed store as it is (its default variant), with a fresh gallery."""
     gallery = tmp_path_factory.mktemp("gallery-real") / "gallery.db"
-    with TestClient(create_app(make_settings(DEFAULT_ROOT, gallery))) as client:
+    with TestClient(create_app(make_settings(REAL_STORE_ROOT, gallery))) as client:
         yield client

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 from pathlib import Path
 
@@ -17,9 +18,14 @@ DATA = Path(__file__).parent / "data"
 E2E = DATA / "e2e"
 
 
+# The store whose models the API tests use: the committed one. FACEVERIFY_E2E_STORE points the same tests at
+# another store, e.g. to check a candidate model before it is published into the committed one.
+REAL_STORE_ROOT = Path(os.environ.get("FACEVERIFY_E2E_STORE") or DEFAULT_ROOT)
+
+
 def committed_default() -> str | None:
-    """The committed store's ``default`` embedder (name@version), or None while none is published."""
-    store = ModelStore(DEFAULT_ROOT)
+    """The store's ``default`` embedder (name@version), or None while none is published."""
+    store = ModelStore(REAL_STORE_ROOT)
     try:
         ref = store.resolve("default")
     except ModelNotFound:
@@ -86,7 +92,7 @@ def build_store(
     root: Path, *, synthetic: list[str], default: str | None, committed_embedders: bool = True
 ) -> ModelStore:
     """A temporary store: the committed detector, the committed embedders and the named synthetic ones."""
-    committed = ModelStore(DEFAULT_ROOT)
+    committed = ModelStore(REAL_STORE_ROOT)
     store = ModelStore(root)
     root.mkdir(parents=True, exist_ok=True)
     for ref in committed.refs():
