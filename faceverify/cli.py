@@ -171,7 +171,7 @@ def _teacher_embed_fn():
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from pruning.data.paths import data_root
-    from pruning.evaluate import crop_embedder, evaluate, read_pairs, write_report
+    from pruning.evaluate import crop_embedder, default_selection, evaluate, read_pairs, write_report
 
     store = ModelStore(args.store)
     if args.teacher:
@@ -189,7 +189,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("faceverify eval: give --variant, --torch or --teacher", file=sys.stderr)
         return 2
     pairs = read_pairs(args.pairs)
-    metrics = evaluate(pairs, args.images_root, embed, store=store, cache_dir=data_root() / "eval-cache")
+    selection = args.face_selection or default_selection(args.pairs)
+    metrics = evaluate(
+        pairs, args.images_root, embed, store=store, cache_dir=data_root() / "eval-cache", selection=selection
+    )
     summary = {k: v for k, v in metrics.items() if k not in ("roc", "fold_accuracies")}
     print(json.dumps({"label": label, **summary}, indent=2))
     if args.json:
@@ -408,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--images-root", type=Path, required=True)
     ev.add_argument("--json", type=Path, help="write metrics here (and a ROC PNG beside it)")
     ev.add_argument("--threads", type=int, default=2)
+    ev.add_argument(
+        "--face-selection",
+        choices=["largest", "centre"],
+        help="which detected face a photo stands for (default: centre for LFW pairs.txt, largest for CSV)",
+    )
     ev.set_defaults(handler=cmd_eval)
 
     export = sub.add_parser("export-mtcnn", help="export facenet-pytorch's MTCNN to ONNX and publish it")

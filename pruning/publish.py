@@ -21,7 +21,7 @@ from model_store import Manifest, ModelStore, Provenance
 from model_store.manifest import DataSource
 from pruning.calibrate import calibrate
 from pruning.checkpoint import load_checkpoint
-from pruning.evaluate import crop_embedder, evaluate, read_pairs
+from pruning.evaluate import crop_embedder, default_selection, evaluate, read_pairs
 from pruning.export import export_onnx, parity, publish_prepared
 from pruning.models import MODEL_CARD, SqueezeFaceNet
 from pruning.teacher import TEACHER_NAME
@@ -105,6 +105,7 @@ def measured(
             crop_embedder(embed, str(MODEL_CARD["alignment_template"])),
             store=store,
             cache_dir=cache_dir,
+            selection=default_selection(lfw_pairs),
         )
         train_counts = meta.get("data", {}).get("train") or data.train.counts()
         yield Measurement(model, payload, path, lfw, validation, cosine, train_counts)

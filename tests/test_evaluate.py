@@ -132,3 +132,20 @@ def test_end_to_end_on_real_photos(tmp_path: Path, teacher_embed) -> None:
     assert out.with_suffix(".png").stat().st_size > 10_000
     # the detection cache is reused on the next run
     assert len(list((tmp_path / "cache").glob("faces-*.npz"))) == 1
+
+
+def test_face_selection_policies(tmp_path: Path) -> None:
+    from pruning.evaluate import default_selection, select_face
+    from service.vision.detect import Face
+
+    def face(x1: float, y1: float, side: float) -> Face:
+        return Face(np.array([x1, y1, x1 + side, y1 + side], np.float32), 0.99, np.zeros((5, 2), np.float32))
+
+    bystander, subject = face(0, 150, 110), face(80, 80, 90)  # largest first, as the detector returns them
+    assert select_face([bystander, subject], 250, 250, "largest") is bystander
+    assert select_face([bystander, subject], 250, 250, "centre") is subject
+    lfw = tmp_path / "pairs.txt"
+    lfw.write_text("10\t300\n")
+    csv_file = tmp_path / "pairs.csv"
+    csv_file.write_text("path_a,path_b,same\n")
+    assert default_selection(lfw) == "centre" and default_selection(csv_file) == "largest"
