@@ -210,6 +210,7 @@ def write_reports(result: dict, out: Path) -> None:
         "",
         f"`{result['command']}`",
         "",
+        *([result["note"], ""] if result["note"] else []),
         f"Two 250×250 LFW JPEGs ({', '.join(result['pair'])}) per request; {result['requests_per_level']} "
         f"requests per level after {result['warmup']} warm-up requests; ONNX Runtime intra-op threads "
         f"{env['intra_op_threads']}; {env['cpus']} CPUs; load average before the run "
@@ -262,6 +263,7 @@ def main() -> None:
     parser.add_argument("--no-dlib", action="store_true", help="skip the dlib descriptor reference")
     parser.add_argument("--lfw", type=Path, default=LFW)
     parser.add_argument("--out", type=Path, default=ROOT / "reports")
+    parser.add_argument("--note", default="", help="a line for the report (e.g. which build was measured)")
     args = parser.parse_args()
 
     images = [(args.lfw / name).read_bytes() for name in DEFAULT_PAIR]
@@ -316,6 +318,7 @@ def main() -> None:
 
     result = {
         "command": "python bench/serving.py " + " ".join(sys.argv[1:]),
+        "note": args.note,
         "pair": list(DEFAULT_PAIR),
         "default": models["default"],
         "requests_per_level": args.requests,
