@@ -36,6 +36,7 @@ LFW_KEYS = (
     "auc",
     "n_pairs",
     "failures_to_acquire",
+    "face_selection",
 )
 
 
