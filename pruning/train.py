@@ -225,8 +225,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             }
             _log(log_path, record | {"images_per_s": rate})
             bar.set_postfix(loss=f"{loss.item():.3f}", cos=f"{parts['cos']:.3f}", ips=f"{rate:.0f}")
-        end_of_epoch = step % steps_per_epoch == 0
-        if step % config.val_every == 0 or end_of_epoch or step == total_steps:
+        if step % config.val_every == 0 or step == total_steps:
             metrics = validate(model, val_set)
             model.train()
             _log(log_path, {"step": step, "epoch": epoch, "val": metrics})
