@@ -14,9 +14,7 @@ from service.api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from service.api.routes import API_PREFIX, enroll, health, identify, models, users, verify
 from service.config import Settings
 from service.metrics import Metrics
-from service.resources import Resources, build_resources
-
-__all__ = ["Resources", "build_resources", "create_app"]
+from service.resources import build_resources
 
 _DESCRIPTION = """\
 Face verification and identification with pruned SqueezeNet face embedders.

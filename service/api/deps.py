@@ -79,7 +79,7 @@ def require_api_key(
     x_api_key: Annotated[str | None, Header(description="Required when the service has an API key")] = None,
 ) -> None:
     expected = settings.api_key
-    if expected is None:
+    if expected is None or not expected.get_secret_value():  # FACEVERIFY_API_KEY unset or empty: open
         return
     # compare_digest on bytes: constant time whatever the content (it refuses non-ASCII str).
     given = (x_api_key or "").encode()
