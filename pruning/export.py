@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -93,38 +92,3 @@ def publish_prepared(
         pruning=pruning,
     )
     return store.publish(manifest, {"model": onnx_path})
-
-
-def publish_embedder(
-    store: ModelStore,
-    model: SqueezeFaceNet,
-    *,
-    name: str,
-    parity_crops: np.ndarray,
-    description: str,
-    metrics: dict[str, dict[str, float | int | str]],
-    thresholds: dict[str, float],
-    provenance: Provenance,
-    parent: str | None = None,
-    pruning: dict[str, object] | None = None,
-    min_parity: float = 0.9999,
-) -> Manifest:
-    """Export, check parity on real crops, and publish."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        export_onnx(model, path)
-        cosine = parity(model, path, parity_crops)
-        if cosine < min_parity:
-            raise RuntimeError(f"ONNX parity too low: min cosine {cosine:.6f} < {min_parity}")
-        return publish_prepared(
-            store,
-            model,
-            path,
-            name=name,
-            description=description,
-            metrics=metrics | {"onnx_parity": {"min_cosine": cosine, "crops": len(parity_crops)}},
-            thresholds=thresholds,
-            provenance=provenance,
-            parent=parent,
-            pruning=pruning,
-        )
