@@ -39,8 +39,9 @@ def test_models_verify_passes_then_fails_on_tampering(tmp_path: Path) -> None:
     (root / "mtcnn" / "1" / "pnet.onnx").write_bytes(b"garbage")
     result = run_cli("--store", str(root), "models", "verify", "--json")
     assert result.returncode == 1
-    [row] = json.loads(result.stdout)
-    assert not row["ok"] and "pnet.onnx" in row["error"]
+    rows = {row["ref"]: row for row in json.loads(result.stdout)}
+    assert not rows["mtcnn@1"]["ok"] and "pnet.onnx" in rows["mtcnn@1"]["error"]
+    assert all(row["ok"] for ref, row in rows.items() if ref != "mtcnn@1")  # the others are untouched
 
 
 def test_unknown_model_is_a_clean_error() -> None:
