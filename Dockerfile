@@ -7,7 +7,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     FACEVERIFY_HOST=0.0.0.0 \
     FACEVERIFY_PORT=8000 \
-    FACEVERIFY_GALLERY_URL=sqlite:////data/gallery.db
+    FACEVERIFY_GALLERY_URL=sqlite:////data/gallery.db \
+    FACEVERIFY_WORKERS=2 \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/faceverify-metrics
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -23,4 +25,6 @@ VOLUME ["/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"
-CMD ["faceverify", "serve"]
+# gunicorn with uvicorn workers; workers, threads per worker and the metrics directory come from the
+# environment (see service/gunicorn_conf.py). Same as `faceverify serve --workers $FACEVERIFY_WORKERS`.
+CMD ["gunicorn", "-c", "python:service.gunicorn_conf", "service.main:create_app()"]

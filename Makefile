@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint serve-env dev-env
+.PHONY: run test lint serve-env dev-env prometheus
 
 # Serving environment: the service's dependencies only (no torch).
 $(BIN)/.serve-env: pyproject.toml
@@ -20,6 +20,10 @@ $(BIN)/.dev-env: $(BIN)/.serve-env
 	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0
 	touch $@
 
+# A real prometheus + promtool for tests/test_deploy.py (Debian package; CI runs as root on Debian).
+prometheus:
+	command -v prometheus >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus)
+
 serve-env: $(BIN)/.serve-env
 dev-env: $(BIN)/.dev-env
 
@@ -30,6 +34,6 @@ lint: $(BIN)/.dev-env
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(BIN)/.dev-env
+test: $(BIN)/.dev-env prometheus
 	$(BIN)/ruff check .
 	$(BIN)/pytest

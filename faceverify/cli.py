@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -292,6 +293,8 @@ def cmd_export_mtcnn(args: argparse.Namespace) -> int:
 
 # ---- serve ----------------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.workers is not None and args.workers > 1:
+        return _serve_gunicorn(args)
     import logging
 
     import uvicorn
@@ -308,6 +311,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False
     )
     return 0
+
+
+GUNICORN_APP = "service.main:create_app()"  # gunicorn calls the factory in each worker
+
+
+def _serve_gunicorn(args: argparse.Namespace) -> int:
+    """Several worker processes: gunicorn with uvicorn workers, configured by ``service.gunicorn_conf``."""
+    env = dict(os.environ, FACEVERIFY_WORKERS=str(args.workers))
+    if args.host is not None:
+        env["FACEVERIFY_HOST"] = args.host
+    if args.port is not None:
+        env["FACEVERIFY_PORT"] = str(args.port)
+    command = [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf", GUNICORN_APP]
+    # exec: gunicorn's master becomes this process, so signals to it (SIGTERM, SIGHUP) reach gunicorn.
+    os.execvpe(command[0], command, env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -335,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="start the REST service (settings from FACEVERIFY_* env)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--workers", type=int, help="worker processes; above 1 runs gunicorn with uvicorn workers (default 1)"
+    )
     serve.set_defaults(handler=cmd_serve)
 
     prep = sub.add_parser("prep", help="photos → aligned 112×112 crop cache (resumable)")

@@ -1,14 +1,19 @@
 """Prometheus metrics, one registry per app (so tests and benchmarks can build many apps in one process).
 
+Under several worker processes (gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` set) prometheus-client writes every
+value to per-process files in that directory and ``/metrics`` aggregates all workers' files, so a scrape that
+lands on any worker sees the whole service.
+
 Labels are low-cardinality by construction: route templates (``/v1/users/{user_id}``, never the id), variant
 refs, stage names, decision and error codes. Nothing about a person, a file or an embedding goes in here.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from service.inference.embedder import Embedder
@@ -38,6 +43,12 @@ NO_VARIANT = "none"
 ALL_VARIANTS = "all"
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory when prometheus-client runs in multiprocess mode, else None."""
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 class Metrics:
@@ -74,6 +85,8 @@ class Metrics:
             "Loaded embedding variants (value 1); default=true marks the one used without X-Model-Variant.",
             ["variant", "name", "version", "sha256", "params", "embedding_dim", "default"],
             registry=self.registry,
+            # Every live worker loads the same variants: report 1 per variant, not one series per pid.
+            multiprocess_mode="livemax",
         )
 
     def observe_stages(self, timings: Iterable[tuple[str, str, float]]) -> None:
@@ -84,7 +97,8 @@ class Metrics:
         self.decisions.labels(decision="match" if matched else "no_match", variant=variant).inc()
 
     def set_models(self, embedders: Iterable[Embedder], default_ref: str | None) -> None:
-        self.model_info.clear()
+        if multiprocess_dir() is None:  # not implemented there; each worker sets its variants once, at start
+            self.model_info.clear()
         for embedder in embedders:
             manifest = embedder.manifest
             self.model_info.labels(
@@ -98,4 +112,10 @@ class Metrics:
             ).set(1)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        path = multiprocess_dir()
+        if path is None:
+            return generate_latest(self.registry)
+        # A fresh registry per scrape: MultiProcessCollector reads every worker's files at collect time.
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=path)
+        return generate_latest(registry)

@@ -1,0 +1,76 @@
+"""gunicorn settings of the multi-worker service (``faceverify serve --workers N`` runs this)::
+
+    gunicorn -c python:service.gunicorn_conf 'service.main:create_app()'
+
+
+Everything comes from the environment, as in the single-process service:
+
+- ``FACEVERIFY_HOST`` / ``FACEVERIFY_PORT``: where to listen (default 127.0.0.1:8000);
+- ``FACEVERIFY_WORKERS``: worker processes (default: the usable cores);
+- ``FACEVERIFY_INTRA_OP_THREADS``: ONNX Runtime threads per worker (default: cores // workers, at least 1, so
+  the workers together do not oversubscribe the cores);
+- ``PROMETHEUS_MULTIPROC_DIR``: where the workers write their metric files (default: a new temporary
+  directory). It is emptied when the master starts, because files of an earlier run would be counted again.
+
+This module is read by the gunicorn master before it forks, so what it puts into ``os.environ`` reaches every
+worker. prometheus-client picks its value class once, at import, so it must not be imported here before the
+environment is set (a forked worker would inherit the single-process one).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # not from service.metrics: that imports prometheus-client
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int, cores: int) -> int:
+    return max(1, cores // max(1, workers))
+
+
+workers = int(os.environ.get("FACEVERIFY_WORKERS") or usable_cores())
+os.environ.setdefault("FACEVERIFY_INTRA_OP_THREADS", str(threads_per_worker(workers, usable_cores())))
+if not os.environ.get(MULTIPROC_ENV):
+    os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="faceverify-metrics-")
+
+bind = f"{os.environ.get('FACEVERIFY_HOST', '127.0.0.1')}:{os.environ.get('FACEVERIFY_PORT', '8000')}"
+worker_class = "uvicorn.workers.UvicornWorker"
+# Loading the ONNX sessions takes a few seconds on a busy machine; gunicorn's default 30 s is enough, but a
+# slow first request (cold caches) must not get a worker killed.
+timeout = 60
+graceful_timeout = 20
+# The service writes its own access line with the route template; raw paths would carry user ids.
+accesslog = None
+errorlog = "-"
+loglevel = "info"
+# gunicorn ≥ 27 opens a control socket under $HOME; nothing uses it, and the image's user cannot write there.
+control_socket_disable = True
+
+
+def on_starting(server: Any) -> None:
+    """Master start: empty the metrics directory (stale files of a previous run would be summed in)."""
+    path = Path(os.environ[MULTIPROC_ENV])
+    path.mkdir(parents=True, exist_ok=True)
+    for entry in path.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker died or was replaced: drop its live gauges so they stop counting."""
+    from prometheus_client import multiprocess  # imported late: the environment is set by now
+
+    multiprocess.mark_process_dead(worker.pid)

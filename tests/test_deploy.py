@@ -1,0 +1,324 @@
+"""The deployment without a Docker engine: the multi-worker service and a real Prometheus on loopback, and the
+shipped Prometheus, Grafana and compose files checked against the service.
+
+The image build itself cannot be checked here (no Docker engine); ``docker-compose.yml`` is checked for its
+structure and for every file it mounts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+PROMETHEUS_YML = DEPLOY / "prometheus" / "prometheus.yml"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "faceverify.json"
+LFW = sorted((Path(__file__).parent / "data" / "lfw").glob("*.jpg"))
+WORKERS = 2
+REQUEST_METRIC = "faceverify_request_duration_seconds"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_until(ready: object, what: str, process: subprocess.Popen[bytes], log: Path, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while True:
+        assert process.poll() is None, f"{what} exited:\n{log.read_text()}"
+        try:
+            if ready():  # type: ignore[operator]
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{what} not ready within {limit} s:\n{log.read_text()}"
+        time.sleep(0.2)
+
+
+@dataclass
+class Service:
+    base_url: str
+    port: int
+    metrics_dir: Path
+    sent: int  # /v1 requests answered before the tests look
+
+
+def verify_files(a: Path, b: Path) -> dict[str, tuple[str, bytes, str]]:
+    return {
+        "image_a": (a.name, a.read_bytes(), "image/jpeg"),
+        "image_b": (b.name, b.read_bytes(), "image/jpeg"),
+    }
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """``faceverify serve --workers 2`` on loopback; real photos verified until both workers answered some."""
+    folder = tmp_path_factory.mktemp("deploy")
+    metrics_dir = folder / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_1.db").write_bytes(b"stale")  # a previous run's file: the master must wipe it
+    port = free_port()
+    env = {
+        **os.environ,
+        "FACEVERIFY_GALLERY_URL": f"sqlite:///{folder}/gallery.db",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    env.pop("FACEVERIFY_API_KEY", None)
+    env.pop("FACEVERIFY_INTRA_OP_THREADS", None)  # derived from the worker count
+    log = folder / "server.log"
+    command = [
+        sys.executable,
+        "-m",
+        "faceverify.cli",
+        "serve",
+        "--workers",
+        str(WORKERS),
+        "--port",
+        str(port),
+    ]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [*command, "--host", "127.0.0.1"], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200, "service", process, log, 90
+        )
+        sent = 0
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            # One refused photo so that the error counter has a sample too.
+            bad = client.post("/v1/verify", files={"image_a": ("a.jpg", b"not an image", "image/jpeg")})
+            assert bad.status_code in (400, 415, 422), bad.text
+            sent += 1
+            # Concurrent requests on fresh connections; keep going (bounded) until both workers answered.
+            deadline = time.monotonic() + 60
+            round_ = 0
+            while len(pids(metrics_dir, "histogram")) < WORKERS:
+                assert time.monotonic() < deadline, (
+                    f"requests never reached {WORKERS} workers:\n{log.read_text()}"
+                )
+                pairs = [(LFW[(round_ + i) % len(LFW)], LFW[(round_ + i + 1) % len(LFW)]) for i in range(4)]
+                with ThreadPoolExecutor(4) as pool:
+                    answers = list(
+                        pool.map(lambda p: client.post("/v1/verify", files=verify_files(*p)), pairs)
+                    )
+                assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+                sent += len(answers)
+                round_ += 4
+        yield Service(base_url, port, metrics_dir, sent)
+    finally:
+        stop(process)
+    assert process.returncode == 0, log.read_text()
+
+
+def pids(metrics_dir: Path, kind: str) -> set[int]:
+    return {
+        int(m.group(1)) for f in metrics_dir.iterdir() if (m := re.fullmatch(rf"{kind}_(\d+)\.db", f.name))
+    }
+
+
+def scrape(service: Service) -> dict[str, str]:
+    """Family name → type of the service's /metrics."""
+    text = httpx.get(f"{service.base_url}/metrics", timeout=10).text
+    return {family.name: family.type for family in text_string_to_metric_families(text)}
+
+
+def request_count(service: Service) -> float:
+    text = httpx.get(f"{service.base_url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == f"{REQUEST_METRIC}_count"
+    )
+
+
+def test_metrics_aggregate_every_worker(service: Service) -> None:
+    assert not (service.metrics_dir / "counter_1.db").exists(), (
+        "the master did not wipe the metrics directory"
+    )
+    served = pids(service.metrics_dir, "histogram")
+    assert len(served) >= WORKERS
+    assert len(pids(service.metrics_dir, "gauge_livemax")) >= WORKERS
+    # Whichever worker answers the scrape, it reports every worker's requests.
+    for _ in range(4):
+        assert request_count(service) >= service.sent
+    text = httpx.get(f"{service.base_url}/metrics", timeout=10).text
+    # The loaded-variant gauge is one series per variant, not one per worker.
+    info = [line for line in text.splitlines() if line.startswith("faceverify_model_info{")]
+    assert info and len(info) == len(set(info))
+    assert 'default="true"' in "".join(info)
+
+
+def test_promtool_checks_the_shipped_config() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make test` installs the Debian package prometheus"
+    result = subprocess.run(
+        [promtool, "check", "config", str(PROMETHEUS_YML)], capture_output=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+def test_prometheus_scrapes_the_service(service: Service, tmp_path: Path) -> None:
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus is missing: `make test` installs the Debian package prometheus"
+    config = yaml.safe_load(PROMETHEUS_YML.read_text())
+    # The shipped config, pointed at the test's port (the compose file's api:8000 does not resolve here).
+    config["global"]["scrape_interval"] = "1s"
+    (job,) = config["scrape_configs"]
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{service.port}"]}]
+    config_file = tmp_path / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "prometheus.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config_file}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(
+            lambda: httpx.get(f"{url}/-/ready", timeout=1).status_code == 200, "prometheus", process, log, 60
+        )
+
+        def counted() -> bool:
+            query = f"sum({REQUEST_METRIC}_count)"
+            body = httpx.get(f"{url}/api/v1/query", params={"query": query}, timeout=5).json()
+            assert body["status"] == "success", body
+            result = body["data"]["result"]
+            return bool(result) and float(result[0]["value"][1]) >= service.sent
+
+        wait_until(counted, "a scrape with every worker's requests", process, log, 60)
+        # The dashboard's latency expression over the real histogram answers with a number.
+        quantile = f"histogram_quantile(0.95, sum by (endpoint, le) ({REQUEST_METRIC}_bucket))"
+        body = httpx.get(f"{url}/api/v1/query", params={"query": quantile}, timeout=5).json()
+        endpoints = {r["metric"]["endpoint"]: float(r["value"][1]) for r in body["data"]["result"]}
+        assert endpoints.get("/v1/verify", 0) > 0, body
+        targets = httpx.get(f"{url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+        assert [t["health"] for t in targets] == ["up"], targets
+    finally:
+        stop(process)
+
+
+def dashboard_metrics() -> set[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    assert exprs, "the dashboard has no queries"
+    return {name for expr in exprs for name in re.findall(r"\bfaceverify_[a-z0-9_]+", expr)}
+
+
+def test_every_dashboard_metric_is_exported(service: Service) -> None:
+    families = scrape(service)
+    for name in sorted(dashboard_metrics()):
+        # Sample names → family names: histograms export _bucket/_count/_sum, counters _total.
+        base = re.sub(r"_(bucket|count|sum)$", "", name)
+        if base != name:
+            assert families.get(base) == "histogram", f"{name}: no histogram {base} in /metrics"
+            continue
+        base = re.sub(r"_total$", "", name)
+        if base != name:
+            assert families.get(base) == "counter", f"{name}: no counter {base} in /metrics"
+            continue
+        assert name in families, f"{name} is not in /metrics"
+
+
+def test_dashboard_covers_the_issue_panels() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] == "faceverify-service"  # stable: links and provisioning refer to it
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets", []))
+    for quantile in ("0.5", "0.95", "0.99"):
+        assert f"histogram_quantile({quantile}, sum by (endpoint, le)" in exprs
+        assert f"histogram_quantile({quantile}, sum by (variant, le)" in exprs
+    for needle in ("by (stage)", "faceverify_decisions_total", "by (code)", "faceverify_model_info"):
+        assert needle in exprs
+    datasource_uid = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())[
+        "datasources"
+    ][0]["uid"]
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {datasource_uid}
+
+
+def test_grafana_provisioning_files() -> None:
+    datasources = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert datasources["apiVersion"] == 1
+    (source,) = datasources["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["url"] == "http://prometheus:9090"  # the compose service name and Prometheus' port
+    dashboards = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/dashboards.yml").read_text())
+    assert dashboards["apiVersion"] == 1
+    (provider,) = dashboards["providers"]
+    assert provider["type"] == "file"
+    # The provider's path is where compose mounts the repo's dashboards folder.
+    mounts = compose()["services"]["grafana"]["volumes"]
+    assert f"./deploy/grafana/dashboards:{provider['options']['path']}:ro" in mounts
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_file() -> None:
+    spec = compose()
+    services = spec["services"]
+    assert set(services) == {"api", "prometheus", "grafana"}
+    assert "healthcheck" in services["api"]
+    assert services["prometheus"]["depends_on"]["api"]["condition"] == "service_healthy"
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    assert "gallery:/data" in services["api"]["volumes"]
+    named = set(spec["volumes"])
+    for name, service in services.items():
+        for mount in service.get("volumes", []):
+            source = mount.split(":")[0]
+            if source.startswith("."):
+                assert (ROOT / source).exists(), f"{name} mounts {source}, which is not in the repo"
+            else:
+                assert source in named, f"{name} mounts the undeclared volume {source}"
+    # The scrape target is the api service's name and port.
+    (job,) = yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == ["api:8000"]
+    assert services["api"]["ports"] == ["127.0.0.1:8000:8000"]
+
+
+def test_dockerfile_runs_the_multi_worker_server() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "torch" not in dockerfile.replace("No torch", "")
+    assert re.search(r"^USER (?!root)", dockerfile, re.M)
+    assert "HEALTHCHECK" in dockerfile and "/healthz" in dockerfile
+    assert 'CMD ["gunicorn", "-c", "python:service.gunicorn_conf", "service.main:create_app()"]' in dockerfile
+    assert "PROMETHEUS_MULTIPROC_DIR=" in dockerfile
