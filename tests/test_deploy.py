@@ -322,3 +322,38 @@ def test_dockerfile_runs_the_multi_worker_server() -> None:
     assert "HEALTHCHECK" in dockerfile and "/healthz" in dockerfile
     assert 'CMD ["gunicorn", "-c", "python:service.gunicorn_conf", "service.main:create_app()"]' in dockerfile
     assert "PROMETHEUS_MULTIPROC_DIR=" in dockerfile
+
+
+def gunicorn_settings(**env: str) -> dict[str, str]:
+    """What service.gunicorn_conf puts into the workers' environment (a subprocess: it sets os.environ)."""
+    probe = (
+        "import json, os, service.gunicorn_conf as c; "
+        "print(json.dumps({'threads': os.environ['FACEVERIFY_INTRA_OP_THREADS'], 'workers': c.workers, "
+        "'bind': c.bind, 'cores': c.usable_cores(), 'metrics': os.environ['PROMETHEUS_MULTIPROC_DIR']}))"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FACEVERIFY_", "PROMETHEUS_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    settings = json.loads(result.stdout)
+    made = Path(settings["metrics"])
+    settings["metrics_is_dir"] = made.is_dir()
+    shutil.rmtree(made, ignore_errors=True)
+    return settings
+
+
+def test_threads_per_worker_follow_the_worker_count() -> None:
+    one = gunicorn_settings(FACEVERIFY_WORKERS="1")
+    cores = int(one["cores"])
+    assert one["threads"] == str(cores)
+    many = gunicorn_settings(FACEVERIFY_WORKERS=str(cores * 2), FACEVERIFY_PORT="9123")
+    assert many["threads"] == "1" and many["bind"] == "127.0.0.1:9123"
+    assert int(gunicorn_settings()["workers"]) == cores  # default: one worker per usable core
+    explicit = gunicorn_settings(FACEVERIFY_WORKERS="2", FACEVERIFY_INTRA_OP_THREADS="3")
+    assert explicit["threads"] == "3"  # set explicitly: kept
+    assert explicit["metrics_is_dir"]  # no directory given: a fresh temporary one
