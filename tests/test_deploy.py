@@ -79,6 +79,12 @@ def verify_files(a: Path, b: Path) -> dict[str, tuple[str, bytes, str]]:
     }
 
 
+def verify(base_url: str, a: Path, b: Path) -> httpx.Response:
+    return httpx.post(
+        f"{base_url}/v1/verify", files=verify_files(a, b), headers={"Connection": "close"}, timeout=60
+    )
+
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """``faceverify serve --workers 2`` on loopback; real photos verified until both workers answered some."""
@@ -114,27 +120,26 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         wait_until(
             lambda: httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200, "service", process, log, 90
         )
-        sent = 0
-        with httpx.Client(base_url=base_url, timeout=60) as client:
-            # One refused photo so that the error counter has a sample too.
-            bad = client.post("/v1/verify", files={"image_a": ("a.jpg", b"not an image", "image/jpeg")})
-            assert bad.status_code in (400, 415, 422), bad.text
-            sent += 1
-            # Concurrent requests on fresh connections; keep going (bounded) until both workers answered.
-            deadline = time.monotonic() + 60
-            round_ = 0
-            while len(pids(metrics_dir, "histogram")) < WORKERS:
-                assert time.monotonic() < deadline, (
-                    f"requests never reached {WORKERS} workers:\n{log.read_text()}"
-                )
-                pairs = [(LFW[(round_ + i) % len(LFW)], LFW[(round_ + i + 1) % len(LFW)]) for i in range(4)]
-                with ThreadPoolExecutor(4) as pool:
-                    answers = list(
-                        pool.map(lambda p: client.post("/v1/verify", files=verify_files(*p)), pairs)
-                    )
-                assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
-                sent += len(answers)
-                round_ += 4
+        # One refused photo so that the error counter has a sample too.
+        bad = httpx.post(
+            f"{base_url}/v1/verify", files={"image_a": ("a.jpg", b"not an image", "image/jpeg")}, timeout=60
+        )
+        assert bad.status_code in (400, 415, 422), bad.text
+        sent = 1
+        # Concurrent requests, each on a new connection (a kept-alive one stays with its worker); keep going,
+        # bounded, until both workers have answered some.
+        deadline = time.monotonic() + 60
+        round_ = 0
+        while len(pids(metrics_dir, "histogram")) < WORKERS:
+            assert time.monotonic() < deadline, (
+                f"requests never reached {WORKERS} workers:\n{log.read_text()}"
+            )
+            pairs = [(LFW[(round_ + i) % len(LFW)], LFW[(round_ + i + 1) % len(LFW)]) for i in range(4)]
+            with ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(lambda pair: verify(base_url, *pair), pairs))
+            assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+            sent += len(answers)
+            round_ += 4
         yield Service(base_url, port, metrics_dir, sent)
     finally:
         stop(process)
