@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,6 +153,22 @@ def pids(metrics_dir: Path, kind: str) -> set[int]:
     }
 
 
+def requests_per_worker(metrics_dir: Path, scratch: Path) -> dict[int, float]:
+    """Each worker's own request count, read from its histogram file alone."""
+    counts = {}
+    for pid in pids(metrics_dir, "histogram"):
+        alone = scratch / str(pid)
+        alone.mkdir(parents=True)
+        shutil.copy(metrics_dir / f"histogram_{pid}.db", alone)
+        counts[pid] = sum(
+            sample.value
+            for family in MultiProcessCollector(None, path=str(alone)).collect()
+            for sample in family.samples
+            if sample.name == f"{REQUEST_METRIC}_count"
+        )
+    return counts
+
+
 def scrape(service: Service) -> dict[str, str]:
     """Family name → type of the service's /metrics."""
     text = httpx.get(f"{service.base_url}/metrics", timeout=10).text
@@ -231,6 +248,11 @@ def test_prometheus_scrapes_the_service(service: Service, tmp_path: Path) -> Non
             return bool(result) and float(result[0]["value"][1]) >= service.sent
 
         wait_until(counted, "a scrape with every worker's requests", process, log, 60)
+        # The count Prometheus holds is the sum of the workers' own counts, each of them non-zero.
+        per_worker = requests_per_worker(service.metrics_dir, tmp_path / "workers")
+        assert len([n for n in per_worker.values() if n > 0]) >= WORKERS, per_worker
+        body = httpx.get(f"{url}/api/v1/query", params={"query": f"sum({REQUEST_METRIC}_count)"}, timeout=5)
+        assert float(body.json()["data"]["result"][0]["value"][1]) == sum(per_worker.values())
         # The dashboard's latency expression over the real histogram answers with a number.
         quantile = f"histogram_quantile(0.95, sum by (endpoint, le) ({REQUEST_METRIC}_bucket))"
         body = httpx.get(f"{url}/api/v1/query", params={"query": quantile}, timeout=5).json()
