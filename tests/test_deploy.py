@@ -258,17 +258,29 @@ def test_prometheus_scrapes_the_service(service: Service, tmp_path: Path) -> Non
         body = httpx.get(f"{url}/api/v1/query", params={"query": quantile}, timeout=5).json()
         endpoints = {r["metric"]["endpoint"]: float(r["value"][1]) for r in body["data"]["result"]}
         assert endpoints.get("/v1/verify", 0) > 0, body
+        # Every dashboard query is valid PromQL that this Prometheus evaluates (Grafana's own variables
+        # replaced by what Grafana would put there).
+        for expr in dashboard_exprs():
+            query = expr.replace("$__rate_interval", "1m").replace("$__range", "5m")
+            answer = httpx.get(f"{url}/api/v1/query", params={"query": query}, timeout=5).json()
+            assert answer["status"] == "success", (expr, answer)
+            if "faceverify_model_info" in expr:
+                assert answer["data"]["result"], "no loaded variant in Prometheus"
         targets = httpx.get(f"{url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
         assert [t["health"] for t in targets] == ["up"], targets
     finally:
         stop(process)
 
 
-def dashboard_metrics() -> set[str]:
+def dashboard_exprs() -> list[str]:
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
     assert exprs, "the dashboard has no queries"
-    return {name for expr in exprs for name in re.findall(r"\bfaceverify_[a-z0-9_]+", expr)}
+    return exprs
+
+
+def dashboard_metrics() -> set[str]:
+    return {name for expr in dashboard_exprs() for name in re.findall(r"\bfaceverify_[a-z0-9_]+", expr)}
 
 
 def test_every_dashboard_metric_is_exported(service: Service) -> None:
