@@ -19,6 +19,7 @@ environment is set (a forked worker would inherit the single-process one).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -46,11 +47,8 @@ if not os.environ.get(MULTIPROC_ENV):
 
 bind = f"{os.environ.get('FACEVERIFY_HOST', '127.0.0.1')}:{os.environ.get('FACEVERIFY_PORT', '8000')}"
 worker_class = "uvicorn.workers.UvicornWorker"
-# Loading the ONNX sessions takes a few seconds on a busy machine; gunicorn's default 30 s is enough, but a
-# slow first request (cold caches) must not get a worker killed.
-timeout = 60
-graceful_timeout = 20
-# The service writes its own access line with the route template; raw paths would carry user ids.
+# gunicorn's default, kept explicit: uvicorn's access logger writes through it, and raw paths carry user ids.
+# The service writes its own access line (logger service.access) with the route template instead.
 accesslog = None
 errorlog = "-"
 loglevel = "info"
@@ -67,6 +65,20 @@ def on_starting(server: Any) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """In each worker: the service's own loggers (service.access, …) at INFO, as ``faceverify serve`` does."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def when_ready(server: Any) -> None:
+    server.log.info(
+        "%d workers × %s ONNX Runtime threads; metrics of all workers in %s",
+        workers,
+        os.environ["FACEVERIFY_INTRA_OP_THREADS"],
+        os.environ[MULTIPROC_ENV],
+    )
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -145,6 +145,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     finally:
         stop(process)
     assert process.returncode == 0, log.read_text()
+    text = log.read_text()
+    assert "ONNX Runtime threads" in text  # the master's summary line
+    assert "service.access" in text  # the workers log the service's own access lines
+    assert 'HTTP/1.1"' not in text  # and uvicorn's, with raw paths (user ids), stay off
 
 
 def pids(metrics_dir: Path, kind: str) -> set[int]:
