@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,10 +87,9 @@ def verify(base_url: str, a: Path, b: Path) -> httpx.Response:
     )
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """``faceverify serve --workers 2`` on loopback; real photos verified until both workers answered some."""
-    folder = tmp_path_factory.mktemp("deploy")
+@contextmanager
+def multi_worker_service(folder: Path) -> Iterator[tuple[str, int, Path, subprocess.Popen[bytes], Path]]:
+    """``faceverify serve --workers 2`` on loopback, ready; stopped (SIGTERM, bounded) on exit."""
     metrics_dir = folder / "metrics"
     metrics_dir.mkdir()
     (metrics_dir / "counter_1.db").write_bytes(b"stale")  # a previous run's file: the master must wipe it
@@ -102,25 +102,30 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     env.pop("FACEVERIFY_API_KEY", None)
     env.pop("FACEVERIFY_INTRA_OP_THREADS", None)  # derived from the worker count
     log = folder / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "faceverify.cli",
-        "serve",
-        "--workers",
-        str(WORKERS),
-        "--port",
-        str(port),
-    ]
+    command = [sys.executable, "-m", "faceverify.cli", "serve", "--workers", str(WORKERS)]
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1"], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
         )
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_until(
             lambda: httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200, "service", process, log, 90
         )
+        yield base_url, port, metrics_dir, process, log
+    finally:
+        stop(process)
+    assert process.returncode == 0, log.read_text()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """The 2-worker service; real photos verified until both workers answered some."""
+    with multi_worker_service(tmp_path_factory.mktemp("deploy")) as (base_url, port, metrics_dir, _, log):
         # One refused photo so that the error counter has a sample too.
         bad = httpx.post(
             f"{base_url}/v1/verify", files={"image_a": ("a.jpg", b"not an image", "image/jpeg")}, timeout=60
@@ -142,13 +147,41 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             sent += len(answers)
             round_ += 4
         yield Service(base_url, port, metrics_dir, sent)
-    finally:
-        stop(process)
-    assert process.returncode == 0, log.read_text()
     text = log.read_text()
     assert "ONNX Runtime threads" in text  # the master's summary line
     assert "service.access" in text  # the workers log the service's own access lines
     assert 'HTTP/1.1"' not in text  # and uvicorn's, with raw paths (user ids), stay off
+
+
+def test_a_dead_worker_is_replaced_and_marked_dead(tmp_path: Path) -> None:
+    with multi_worker_service(tmp_path) as (base_url, _, metrics_dir, process, log):
+        deadline = time.monotonic() + 30
+        while len(pids(metrics_dir, "gauge_livemax")) < WORKERS:  # each worker sets its gauge at start-up
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert not (metrics_dir / "counter_1.db").exists(), "the master did not wipe the metrics directory"
+        victim = min(pids(metrics_dir, "gauge_livemax"))
+        os.kill(victim, signal.SIGKILL)  # a worker of the server this test started
+        # gunicorn's child_exit hook removes its live gauge file; a new worker starts and writes its own.
+        wait_until(
+            lambda: (
+                victim not in pids(metrics_dir, "gauge_livemax")
+                and len(pids(metrics_dir, "gauge_livemax")) == WORKERS
+            ),
+            "a replaced worker",
+            process,
+            log,
+            60,
+        )
+        wait_until(
+            lambda: httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200, "service", process, log, 30
+        )
+        info = [
+            line
+            for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines()
+            if line.startswith("faceverify_model_info{")
+        ]
+        assert len(info) == len(set(info)) >= 1
 
 
 def pids(metrics_dir: Path, kind: str) -> set[int]:
