@@ -9,26 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from model_store import DEFAULT_ROOT, ModelStore, ModelStoreError
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def _print_table(rows: list[dict[str, object]], columns: list[str]) -> None:
@@ -157,26 +142,15 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 
 # ---- eval -----------------------------------------------------------------------------------------
-def _teacher_embed_fn():
-    from pruning.teacher import DlibTeacher
-
-    teacher = DlibTeacher()
-
-    def embed(images, faces):
-        import numpy as np
-
-        return np.stack([teacher.describe(img, face.box) for img, face in zip(images, faces, strict=True)])
-
-    return embed
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from pruning.data.paths import data_root
     from pruning.evaluate import crop_embedder, default_selection, evaluate, read_pairs, write_report
 
     store = ModelStore(args.store)
     if args.teacher:
-        label, embed = "dlib-teacher", _teacher_embed_fn()
+        from pruning.teacher import DlibTeacher
+
+        label, embed = "dlib-teacher", DlibTeacher().embed_faces
     elif args.torch:
         from pruning.checkpoint import load_embedder_checkpoint
 
@@ -285,8 +259,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
 # ---- export-mtcnn ---------------------------------------------------------------------------------
 def cmd_export_mtcnn(args: argparse.Namespace) -> int:
     from pruning.mtcnn_export import export_and_publish
+    from pruning.publish import git_commit
 
-    manifest = export_and_publish(ModelStore(args.store), code_commit=_git_commit())
+    manifest = export_and_publish(ModelStore(args.store), code_commit=git_commit())
     print(f"published {manifest.ref}: {manifest.metrics}")
     return 0
 

@@ -55,13 +55,19 @@ def onnx_embed_fn(path: Path, threads: int = 2):
     return embed
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
+    """The code commit recorded in a manifest's provenance (None outside a git checkout)."""
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,  # this checkout, whatever the caller's working directory
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
+    return out.stdout.strip() or None
 
 
 @dataclass
@@ -166,7 +172,7 @@ def publish_checkpoint(
                 data_sources=[DataSource(name=k, images=int(v)) for k, v in sorted(m.train_counts.items())],
                 teacher=f"{TEACHER_NAME} (dlib, face-recognition-models 0.3.0)",
                 seed=int(config.get("seed", 0)) if config else None,
-                code_commit=_git_commit(),
+                code_commit=git_commit(),
                 command=command,
             ),
             pruning=pruning,

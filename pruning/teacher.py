@@ -42,6 +42,10 @@ class DlibTeacher:
         descriptor = self._net.compute_face_descriptor(self.chip(image_rgb, box))
         return np.asarray(descriptor, dtype=np.float32)
 
+    def embed_faces(self, images: list[np.ndarray], faces: list) -> np.ndarray:
+        """The evaluation harness's interface (photos + acquired faces → descriptors)."""
+        return np.stack([self.describe(image, face.box) for image, face in zip(images, faces, strict=True)])
+
 
 # ---- cache builder ----------------------------------------------------------------------------------
 _worker: dict[str, object] = {}
@@ -71,6 +75,8 @@ def build_teacher_cache(crops_dir: Path, *, workers: int = 2, progress: bool = T
     """Describe every accepted face of every finished prep shard that has no teacher file yet."""
     from tqdm import tqdm
 
+    from pruning.data.prep import atomic_save_npy
+
     meta = json.loads((crops_dir / "meta.json").read_text())
     todo = []
     for index_path in sorted(crops_dir.glob("shard-*.jsonl")):
@@ -90,9 +96,7 @@ def build_teacher_cache(crops_dir: Path, *, workers: int = 2, progress: bool = T
             for descriptor in pool.imap(_describe, jobs, chunksize=4):
                 descriptors.append(descriptor)
                 bar.update()
-            out = teacher_path(crops_dir, shard)
-            tmp = out.with_suffix(".tmp.npy")
-            np.save(tmp, np.stack(descriptors) if descriptors else np.zeros((0, TEACHER_DIM), np.float32))
-            os.replace(tmp, out)
+            stacked = np.stack(descriptors) if descriptors else np.zeros((0, TEACHER_DIM), np.float32)
+            atomic_save_npy(teacher_path(crops_dir, shard), stacked)
     bar.close()
     return total

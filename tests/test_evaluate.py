@@ -94,10 +94,7 @@ def test_centre_fallback_is_inside_the_photo() -> None:
 def teacher_embed():
     from pruning.teacher import DlibTeacher
 
-    teacher = DlibTeacher()
-    return lambda images, faces: np.stack(
-        [teacher.describe(i, f.box) for i, f in zip(images, faces, strict=True)]
-    )
+    return DlibTeacher().embed_faces
 
 
 def test_end_to_end_on_real_photos(tmp_path: Path, teacher_embed) -> None:

@@ -122,7 +122,7 @@ def _process(rel: str) -> tuple[dict[str, object], np.ndarray | None]:
 
 
 # ---- driver ---------------------------------------------------------------------------------------
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, array)
     os.replace(tmp, path)
@@ -189,7 +189,7 @@ def prepare(
                 bar.update()
             crops_path, index_path = shard_paths(out_dir, k)
             stacked = np.stack(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8)
-            _atomic_save_npy(crops_path, stacked)
+            atomic_save_npy(crops_path, stacked)
             # the index is written last: its presence marks the shard finished
             _atomic_write_text(index_path, "".join(json.dumps(r) + "\n" for r in records))
     bar.close()
