@@ -87,7 +87,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     reference = MTCNN(keep_all=True, device="cpu")  # defaults: min 20, (0.6, 0.7, 0.7), 0.709
-    ours = MTCNNDetector.from_store(ModelStore(), "mtcnn", DetectorConfig(intra_op_threads=1))
+    store = ModelStore()
+    ours = MTCNNDetector.from_store(store, "mtcnn", DetectorConfig(intra_op_threads=1))
 
     images = pick_images(args.lfw, args.n, args.seed)
     decoded = [decode_image(p.read_bytes(), max_pixels=50_000_000) for p in images]
@@ -134,6 +135,7 @@ def main() -> None:
             "facenet_pytorch": {"median": 1e3 * statistics.median(t_ref), "p95": 1e3 * percentile(t_ref, 95)},
         },
         "threads": 1,
+        "detector": str(store.resolve("mtcnn")),
         "image_size": "250x250 (LFW deep-funneled)",
         "command": f"python bench/detector.py --n {args.n} --seed {args.seed}",
     }
@@ -142,7 +144,8 @@ def main() -> None:
     lat = result["latency_ms"]
     (args.out / "detector.md").write_text(
         "# MTCNN detector: ONNX Runtime port vs facenet-pytorch\n\n"
-        f"`{result['command']}` — {len(images)} random LFW images (seed {args.seed}), 1 CPU thread each.\n\n"
+        f"`{result['command']}` — {result['detector']} on {len(images)} random LFW images "
+        f"(seed {args.seed}), 1 CPU thread each.\n\n"
         "| figure | value |\n|---|---|\n"
         f"| reference faces | {len(matches)} |\n"
         f"| images with a different face count | {len(count_mismatch)} |\n"

@@ -233,6 +233,7 @@ def write_reports(result: dict, out: Path) -> None:
         f"requests per level after {result['warmup']} warm-up requests; ONNX Runtime intra-op threads "
         f"{env['intra_op_threads']}; {env['cpus']} CPUs; load average before the run "
         f"{env['loadavg_before']} (other jobs on the machine inflate every figure). "
+        f"Detector {result.get('detector')}. "
         f"Target: p50 ≤ 25 ms at concurrency 1 with the default variant ({result['default']}).",
         "",
         "| variant | concurrency | p50 ms | p90 ms | p99 ms | throughput req/s | statuses |",
@@ -343,6 +344,7 @@ def main() -> None:
         "note": args.note,
         "pair": list(DEFAULT_PAIR),
         "default": models["default"],
+        "detector": models.get("detector"),
         "requests_per_level": args.requests,
         "warmup": args.warmup,
         "environment": {

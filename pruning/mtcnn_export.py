@@ -26,6 +26,32 @@ NETS: dict[str, tuple[list[str], int | None]] = {
 }
 
 
+class ReluFormPReLU(torch.nn.Module):
+    """PReLU written as ``relu(x) - slope * relu(-x)``: the same function, exported as Relu/Neg/Mul/Sub.
+
+    ONNX Runtime's CPU PRelu kernel broadcasts the per-channel slope through a generic path: it was about
+    half of R-/O-Net's run time (ORT profiler, 1 thread). The two-ReLU form gives bit-identical outputs and
+    cut P/R/O-Net time by 36/29/18 % (1 thread, the batch shapes of a 250×250 photo; reports/detector.md).
+    """
+
+    def __init__(self, prelu: torch.nn.PReLU) -> None:
+        super().__init__()
+        self.slope = torch.nn.Parameter(prelu.weight.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        slope = self.slope.view(-1, *([1] * (x.dim() - 2)))  # per channel: (C,) → (C, 1, 1) for maps
+        return torch.relu(x) - slope * torch.relu(-x)
+
+
+def replace_prelu(net: torch.nn.Module) -> torch.nn.Module:
+    for name, child in net.named_children():
+        if isinstance(child, torch.nn.PReLU):
+            setattr(net, name, ReluFormPReLU(child))
+        else:
+            replace_prelu(child)
+    return net
+
+
 def _load_nets() -> dict[str, torch.nn.Module]:
     from facenet_pytorch import ONet, PNet, RNet  # imported here: heavy, and pulls torchvision
 
@@ -70,23 +96,27 @@ def check_parity(net: torch.nn.Module, role: str, path: Path, *, seed: int = 0) 
 def export_and_publish(
     store: ModelStore, *, tolerance: float = 1e-4, code_commit: str | None = None
 ) -> Manifest:
-    nets = _load_nets()
+    reference = _load_nets()
+    nets = {role: replace_prelu(net) for role, net in _load_nets().items()}
     with tempfile.TemporaryDirectory() as tmp:
         files: dict[str, Path] = {}
         parity: dict[str, float] = {}
         for role, net in nets.items():
             path = Path(tmp) / f"{role}.onnx"
             export_net(net, role, path)
-            parity[role] = check_parity(net, role, path)
+            parity[role] = check_parity(reference[role], role, path)  # against the untouched network
             if parity[role] > tolerance:
                 raise RuntimeError(f"{role}: ONNX differs from torch by {parity[role]:.2e} > {tolerance}")
             files[role] = path
         params = sum(p.numel() for net in nets.values() for p in net.parameters())
         manifest = Manifest(
             name="mtcnn",
-            version=1,
+            version=1,  # placeholder: the store assigns the next free version
             kind="detector",
-            description="MTCNN face detector (P/R/O-Net, 5 landmarks) exported from facenet-pytorch 2.6.0",
+            description=(
+                "MTCNN face detector (P/R/O-Net, 5 landmarks) exported from facenet-pytorch 2.6.0; "
+                "PReLU exported as relu(x) - a*relu(-x) (faster on ONNX Runtime, same outputs)"
+            ),
             artifacts={},
             # MTCNN normalises pixels as (x - 127.5) * 0.0078125, i.e. std = 128.
             input=InputSpec(mean=(127.5,) * 3, std=(128.0,) * 3, layout="NCHW", channel_order="RGB"),

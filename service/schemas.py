@@ -152,7 +152,7 @@ class ModelsResponse(BaseModel):
         {
             "default": "squeezefacenet@1",
             "target_fmr": "1e-3",
-            "detector": "mtcnn@1",
+            "detector": "mtcnn@2",
             "variants": [
                 {
                     "ref": "squeezefacenet@1",

@@ -103,6 +103,32 @@ def test_area_resize_matches_torch(src, dst) -> None:
     assert np.abs(crop - ref_crop.numpy()).max() < 1e-3
 
 
+def test_batched_box_resize_equals_one_by_one() -> None:
+    rng = np.random.default_rng(1)
+    sampler = AreaSampler(rng.integers(0, 256, (90, 70, 3), dtype=np.uint8))
+    top, bottom = np.array([0, 5, 40, 88]), np.array([30, 80, 41, 90])
+    left, right = np.array([0, 3, 10, 0]), np.array([24, 70, 60, 1])  # square, tall, one row, one pixel
+    batched = sampler.resize_boxes(top, bottom, left, right, 24)
+    for k in range(len(top)):
+        single = sampler.resize(int(top[k]), int(bottom[k]), int(left[k]), int(right[k]), 24, 24)
+        assert np.array_equal(batched[k], single)
+
+
+def test_relu_form_prelu_is_prelu() -> None:
+    from facenet_pytorch import ONet
+
+    from pruning.mtcnn_export import ReluFormPReLU, replace_prelu
+
+    reference = ONet().eval()  # PReLU after convolutions (maps) and after the dense layer (vectors)
+    rewritten = replace_prelu(ONet().eval())
+    assert not any(isinstance(m, torch.nn.PReLU) for m in rewritten.modules())
+    assert sum(isinstance(m, ReluFormPReLU) for m in rewritten.modules()) == 5
+    x = torch.rand(3, 3, 48, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        for a, b in zip(reference(x), rewritten(x), strict=True):
+            assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_nms_modes() -> None:
     outer = [0, 0, 100, 100]
     inner = [10, 10, 50, 50]  # IoU 0.16, but entirely inside: "Min" overlap 1.0
