@@ -16,6 +16,14 @@ from pathlib import Path
 from model_store import DEFAULT_ROOT, ModelStore, ModelStoreError
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be ≥ 1 (workers, threads): 0 is refused, not reinterpreted."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _print_table(rows: list[dict[str, object]], columns: list[str]) -> None:
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
     print("  ".join(c.upper().ljust(widths[c]) for c in columns))
@@ -329,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument(
-        "--workers", type=int, help="worker processes; above 1 runs gunicorn with uvicorn workers (default 1)"
+        "--workers",
+        type=positive_int,
+        help="worker processes; above 1 runs gunicorn with uvicorn workers (default 1)",
     )
     serve.set_defaults(handler=cmd_serve)
 
@@ -341,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument(
         "--data", type=Path, help="data root (default: $FACEVERIFY_DATA or ~/.cache/squeezerfacenet)"
     )
-    prep.add_argument("--workers", type=int, default=2)
+    prep.add_argument("--workers", type=positive_int, default=2)
     prep.add_argument("--min-face-size", type=int, default=20)
     prep.add_argument("--shard-size", type=int, default=2048)
     prep.set_defaults(handler=cmd_prep)
@@ -349,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     teacher = sub.add_parser("teacher", help="cache the dlib teacher's descriptors of prepared crops")
     teacher.add_argument("--source", nargs="+", help="prepared caches to describe (default: all)")
     teacher.add_argument("--data", type=Path, help="data root (default: $FACEVERIFY_DATA or ~/.cache/...)")
-    teacher.add_argument("--workers", type=int, default=2)
+    teacher.add_argument("--workers", type=positive_int, default=2)
     teacher.set_defaults(handler=cmd_teacher)
 
     tr = sub.add_parser("train", help="distil the teacher into a SqueezeFaceNet student (resumable)")
@@ -359,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--epochs", type=int, default=10)
     tr.add_argument("--batch-size", type=int, default=128)
     tr.add_argument("--lr", type=float, default=3e-3)
-    tr.add_argument("--threads", type=int, default=2)
+    tr.add_argument("--threads", type=positive_int, default=2)
     tr.add_argument("--init", type=Path, help="start from these weights (a new schedule)")
     tr.add_argument("--max-steps", type=int)
     tr.add_argument("--val-every", type=int, default=1000)
@@ -381,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--final-finetune-steps", type=int, default=400)
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--ignored-layers", nargs="*", help="layers that keep every filter (e.g. stem)")
-    pr.add_argument("--threads", type=int, default=2)
+    pr.add_argument("--threads", type=positive_int, default=2)
     pr.add_argument("--seed", type=int, default=0)
     pr.set_defaults(handler=cmd_prune)
 
@@ -406,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--images-root", type=Path, required=True)
     ev.add_argument("--json", type=Path, help="write metrics here (and a ROC PNG beside it)")
-    ev.add_argument("--threads", type=int, default=2)
+    ev.add_argument("--threads", type=positive_int, default=2)
     ev.add_argument(
         "--face-selection",
         choices=["largest", "centre"],

@@ -75,3 +75,8 @@ def test_detect_reports_bad_input_without_traceback(tmp_path: Path) -> None:
 def test_detect_group_photo(tmp_path: Path) -> None:
     result = run_cli("detect", str(DATA / "selfie-many-people.jpg"))
     assert len(json.loads(result.stdout)["faces"]) >= 3
+
+
+def test_zero_workers_is_refused() -> None:
+    result = run_cli("serve", "--workers", "0")
+    assert result.returncode == 2 and "must be at least 1" in result.stderr
