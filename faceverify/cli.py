@@ -198,6 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         init=args.init,
         max_steps=args.max_steps,
+        compile=not args.no_compile,
         val_every=args.val_every,
         seed=args.seed,
     )
@@ -374,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-steps", type=int)
     tr.add_argument("--val-every", type=int, default=1000)
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--no-compile", action="store_true", help="eager PyTorch: no compile, ~30 %% slower")
     tr.set_defaults(handler=cmd_train)
 
     pr = sub.add_parser("prune", help="iterative filter pruning with fine-tuning (resumable)")

@@ -32,7 +32,7 @@ def export_onnx(model: SqueezeFaceNet, path: Path) -> None:
     model = model.eval()
     example = torch.zeros(2, 3, *MODEL_CARD["input_size"])  # type: ignore[misc]
     torch.onnx.export(
-        _Normalised(model),
+        _Normalised(model).eval(),  # the wrapper too, or the exporter warns of training mode
         (example,),
         str(path),
         input_names=["input"],

@@ -56,6 +56,9 @@ class TrainConfig:
     val_fraction: float = 0.1
     init: Path | None = None
     max_steps: int | None = None
+    # torch.compile (inductor, C++ on CPU) for the training forward/backward: 111 → 160 img/s on 2 threads
+    # (measured, batch 64), for ~50 s of compilation at the start of each process.
+    compile: bool = True
     arch: dict[str, object] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
@@ -185,11 +188,15 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     def request_stop(*_: object) -> None:
         stop["now"] = True
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, request_stop)
+    # Restored on return: a caller (a test, a notebook) keeps its own handlers after the run.
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def save_last() -> None:
         save_checkpoint(last_path, model, optimizer=optimizer.state_dict(), step=step, best=best, meta=meta)
+
+    # Checkpoints and validation use the eager module; only the training step runs the compiled graph
+    # (same parameters), so saved state dicts carry no compiler prefixes.
+    forward = torch.compile(model) if config.compile else model
 
     log_path = config.run_dir / "metrics.jsonl"
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not progress)
@@ -201,7 +208,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total_steps, config)
         loss, parts = distillation_loss(
-            model(x),
+            forward(x),
             targets,
             sp_weight=config.sp_weight,
             nce_weight=config.nce_weight,
@@ -238,6 +245,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             save_last()
     save_last()
     bar.close()
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
     plot_curves(config.run_dir)
     return best_path
 

@@ -164,18 +164,21 @@ def tiny_run(run_dir: Path, crops_root: Path) -> TrainConfig:
         warmup_steps=1,
         arch=small,
         val_fraction=0.5,
+        compile=False,  # compiling costs ~30 s; one test below runs the compiled path
     )
 
 
 def test_distillation_run_resumes_and_exports(crops_root: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     config = tiny_run(run, crops_root)
+    config.compile = True  # the production path: compiled steps, eager checkpoints and validation
     train(config, progress=False)
     assert json.loads((run / "run.json").read_text())["data"]["val"]  # some identities held out
     state = torch.load(run / "last.pt", weights_only=False)
     assert state["step"] == 2
-    config.max_steps = 4
-    train(config, progress=False)  # resumes from step 2
+    assert not any("_orig_mod" in key for key in state["state_dict"])  # no compiler prefixes saved
+    config.max_steps, config.compile = 4, False
+    train(config, progress=False)  # resumes from step 2, eager
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 4 and (run / "best.pt").exists() and (run / "curves.png").exists()
 
