@@ -148,7 +148,7 @@ def test_committed_store_verifies(store: ModelStore) -> None:
 
 def test_copied_store_detects_tampering(store: ModelStore, tmp_path: Path) -> None:
     copy = ModelStore(shutil.copytree(store.root, tmp_path / "copy"))
-    onet = copy.root / "mtcnn" / "1" / "onet.onnx"
+    onet = copy.version_dir("mtcnn") / "onet.onnx"  # the version "mtcnn" resolves to
     onet.write_bytes(onet.read_bytes()[:-10])
     with pytest.raises(ArtifactIntegrityError, match=r"onet\.onnx"):
         copy.load("mtcnn", "onet")
