@@ -255,8 +255,7 @@ def evaluate(
         detector_sha = store.manifest(detector_ref).artifacts["onet"].sha256
         key = hashlib.sha256(
             "\n".join([str(root.resolve()), selection, detector_sha, *paths]).encode()
-        ).hexdigest()
-        key = key[:16]
+        ).hexdigest()[:16]
         cache = cache_dir / f"faces-{key}.npz"
     faces = acquire_faces(root, paths, detector, cache, selection)
     vectors = embed_photos(root, faces, embed)

@@ -7,6 +7,7 @@ The service runs the exported graphs with ONNX Runtime (service/vision/detect.py
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def export_and_publish(
     store: ModelStore, *, tolerance: float = 1e-4, code_commit: str | None = None
 ) -> Manifest:
     reference = _load_nets()
-    nets = {role: replace_prelu(net) for role, net in _load_nets().items()}
+    nets = {role: replace_prelu(copy.deepcopy(net)) for role, net in reference.items()}
     with tempfile.TemporaryDirectory() as tmp:
         files: dict[str, Path] = {}
         parity: dict[str, float] = {}

@@ -108,7 +108,7 @@ def test_batched_box_resize_equals_one_by_one() -> None:
     sampler = AreaSampler(rng.integers(0, 256, (90, 70, 3), dtype=np.uint8))
     top, bottom = np.array([0, 5, 40, 88]), np.array([30, 80, 41, 90])
     left, right = np.array([0, 3, 10, 0]), np.array([24, 70, 60, 1])  # square, tall, one row, one pixel
-    batched = sampler.resize_boxes(top, bottom, left, right, 24)
+    batched = sampler.resize_boxes(top, bottom, left, right, 24, 24)
     for k in range(len(top)):
         single = sampler.resize(int(top[k]), int(bottom[k]), int(left[k]), int(right[k]), 24, 24)
         assert np.array_equal(batched[k], single)
