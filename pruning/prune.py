@@ -132,7 +132,7 @@ def prune(config: PruneConfig, progress: bool = True) -> dict[str, object]:
         )
         bar.update()
         bar.set_postfix(removed=f"{history[-1]['removed_share']:.2f}", params=history[-1]["params"])
-        _snapshot_levels(model, data, history[-1], config, step_base)
+        _snapshot_levels(model, data, history[-1], history[0], config, step_base)
     bar.close()
     return summary | {"history": history}
 
@@ -160,6 +160,7 @@ def _snapshot_levels(
     model: SqueezeFaceNet,
     data: DistillationData,
     record: dict[str, object],
+    dense_record: dict[str, object],
     config: PruneConfig,
     step_base: int,
 ) -> None:
@@ -178,5 +179,6 @@ def _snapshot_levels(
             criterion=config.criterion,
             val=metrics,
             record=record,
+            dense={k: dense_record[k] for k in ("filters", "params", "flops")},
             meta={"target_mean": data.target_mean.tolist(), "prune_config": config.to_json()},
         )

@@ -70,6 +70,44 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def pruning_section(payload: dict) -> dict[str, object] | None:
+    """The manifest's ``pruning`` record of a ``faceverify prune`` level checkpoint (None for a dense one).
+
+    Filters removed per layer and the parameter reduction are taken against the dense model the run
+    started from: recorded in the snapshot, or (older snapshots) read from the run's dense checkpoint.
+    """
+    record = payload.get("record")
+    if record is None:
+        return None
+    config = payload.get("meta", {}).get("prune_config") or {}
+    dense = payload.get("dense")
+    if dense is None and config.get("checkpoint") and Path(config["checkpoint"]).exists():
+        from pruning.models import count_flops, count_params
+        from pruning.surgery import filter_counts
+
+        dense_model, _ = load_checkpoint(Path(config["checkpoint"]))
+        dense = {
+            "filters": filter_counts(dense_model),
+            "params": count_params(dense_model),
+            "flops": count_flops(dense_model),
+        }
+    section: dict[str, object] = {
+        "criterion": payload.get("criterion"),
+        "pruning_ratio": payload.get("level"),
+        "iterative_steps": config.get("iterative_steps"),
+        "removed_share": record["removed_share"],
+        "iteration": record["iteration"],
+        "filters": record["filters"],
+        "config": config or None,
+    }
+    if dense is not None:
+        section["filters_removed"] = {k: dense["filters"][k] - record["filters"][k] for k in dense["filters"]}
+        section["dense_params"] = dense["params"]
+        section["params_removed_share"] = 1 - record["params"] / dense["params"]
+        section["flops_removed_share"] = 1 - record["flops"] / dense["flops"]
+    return section
+
+
 @dataclass
 class Measurement:
     """A checkpoint exported to ONNX and measured on those bytes."""
@@ -143,17 +181,7 @@ def publish_checkpoint(
         val_fraction=val_fraction,
     ) as m:
         meta = m.payload.get("meta", {})
-        record = m.payload.get("record")
-        pruning = None
-        if record is not None:
-            pruning = {
-                "criterion": m.payload.get("criterion"),
-                "pruning_ratio": m.payload.get("level"),
-                "removed_share": record["removed_share"],
-                "iteration": record["iteration"],
-                "filters": record["filters"],
-                "config": meta.get("prune_config"),
-            }
+        pruning = pruning_section(m.payload)
         config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
         manifest = publish_prepared(
             store,

@@ -222,11 +222,8 @@ def dense_run(crops_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return run
 
 
-def test_publish_checkpoint_measures_the_onnx_bytes(
-    crops_root: Path, dense_run: Path, tmp_path: Path
-) -> None:
-    from pruning.publish import publish_checkpoint
-
+def bbt_pairs(tmp_path: Path) -> Path:
+    """Six real pairs (three genuine) from the bbt photos, as a pairs CSV."""
     people = ["amy", "howard", "leonard"]
     rows = ["path_a,path_b,same"]
     for i, person in enumerate(people):
@@ -237,9 +234,23 @@ def test_publish_checkpoint_measures_the_onnx_bytes(
         ]
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("\n".join(rows) + "\n")
-    store = ModelStore(
+    return pairs
+
+
+def detector_only_store(tmp_path: Path) -> ModelStore:
+    """A copy of the committed store with the detector but no embedders."""
+    return ModelStore(
         shutil.copytree(ModelStore().root, tmp_path / "store", ignore=shutil.ignore_patterns("squeeze*"))
     )
+
+
+def test_publish_checkpoint_measures_the_onnx_bytes(
+    crops_root: Path, dense_run: Path, tmp_path: Path
+) -> None:
+    from pruning.publish import publish_checkpoint
+
+    pairs = bbt_pairs(tmp_path)
+    store = detector_only_store(tmp_path)
     manifest = publish_checkpoint(
         store,
         dense_run / "best.pt",
@@ -294,3 +305,26 @@ def test_pruning_schedule_snapshots_levels_and_resumes(
     again = prune(config, progress=False)  # finished: resuming does nothing
     assert again["history"] == history
     assert (tmp_path / "prune" / "level-20.pt").stat().st_mtime_ns == stamp
+
+    from pruning.publish import publish_checkpoint
+
+    manifest = publish_checkpoint(
+        detector_only_store(tmp_path),
+        tmp_path / "prune" / "level-20.pt",
+        name="tinyface-20",
+        crops_root=crops_root,
+        lfw_pairs=bbt_pairs(tmp_path),
+        lfw_root=BBT,
+        parent="tinyface@1",
+        val_fraction=0.5,
+    )
+    section = manifest.pruning
+    assert manifest.parent == "tinyface@1" and section is not None
+    assert section["criterion"] == "taylor" and section["pruning_ratio"] == 0.2
+    assert section["iterative_steps"] == 2
+    removed = section["filters_removed"]
+    assert removed["stem"] == 0  # ignored
+    assert removed == {k: history[0]["filters"][k] - history[-1]["filters"][k] for k in removed}
+    assert section["dense_params"] == history[0]["params"]
+    assert manifest.params == history[-1]["params"]
+    assert 0 < section["params_removed_share"] < 1
