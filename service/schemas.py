@@ -123,6 +123,15 @@ class DeleteUserResponse(BaseModel):
     model_config = _examples({"user_id": "alice", "deleted_templates": 4})
 
 
+class PruningSummary(BaseModel):
+    """How a pruned variant was derived from its parent (``faceverify prune``)."""
+
+    criterion: str = Field(description="Filter ranking: taylor, l1, random, ...")
+    filters_removed_share: float = Field(description="Share of the parent's prunable filters removed")
+    params_removed_share: float | None = Field(description="Share of the parent's parameters removed")
+    flops_removed_share: float | None
+
+
 class ModelVariant(BaseModel):
     ref: str = Field(description="name@version; send it (or the name, or an alias) in X-Model-Variant")
     name: str
@@ -139,6 +148,7 @@ class ModelVariant(BaseModel):
     threshold: float = Field(description="The threshold this service decides with")
     sha256: str
     parent: str | None
+    pruning: PruningSummary | None = Field(description="Set for pruned variants")
     metrics: dict[str, dict[str, float | int | str]]
 
 
@@ -170,6 +180,7 @@ class ModelsResponse(BaseModel):
                     "threshold": 0.4521,
                     "sha256": "3f5c…",
                     "parent": None,
+                    "pruning": None,
                     "metrics": {"lfw": {"accuracy_mean": 0.975}},
                 }
             ],

@@ -68,6 +68,19 @@ def synthetic_embedder_onnx(path: Path, *, seed: int, dim: int = 128) -> None:
     path.write_bytes(model.SerializeToString())
 
 
+# synth-b poses as a pruned child of synth-a, so /v1/models has a pruning record to summarise.
+SYNTHETIC_PRUNING = {
+    "synth-b": {
+        "criterion": "taylor",
+        "pruning_ratio": 0.3,
+        "removed_share": 0.3,
+        "params_removed_share": 0.45,
+        "flops_removed_share": 0.25,
+        "config": {"run_dir": "/internal/runs/prune-taylor"},
+    }
+}
+
+
 def publish_synthetic(store: ModelStore, name: str, *, seed: int, threshold: float = 0.9) -> Manifest:
     folder = store.root.parent / f".build-{name}-{seed}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -84,6 +97,8 @@ def publish_synthetic(store: ModelStore, name: str, *, seed: int, threshold: flo
         output=OutputSpec(embedding_dim=128, normalised=False),
         params=3 * 14 * 14 * 128,
         thresholds={"1e-3": threshold},
+        parent="synth-a@1" if name in SYNTHETIC_PRUNING else None,
+        pruning=SYNTHETIC_PRUNING.get(name),
     )
     return store.publish(manifest, {"model": folder / "model.onnx"})
 

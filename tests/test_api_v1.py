@@ -99,6 +99,15 @@ def test_models_listing(client: TestClient, mixed_store: ModelStore) -> None:
         assert variant["threshold"] == manifest.thresholds["1e-3"]
         assert variant["sha256"] == manifest.artifact.sha256
         assert variant["embedding_dim"] == manifest.output.embedding_dim
+        assert variant["parent"] == manifest.parent
+        assert (variant["pruning"] is None) == (manifest.pruning is None)
+    pruned = next(v for v in body["variants"] if v["ref"] == "synth-b@1")
+    assert pruned["pruning"] == {
+        "criterion": "taylor",
+        "filters_removed_share": 0.3,
+        "params_removed_share": 0.45,
+        "flops_removed_share": 0.25,
+    }  # the run's internal paths and config stay out of the API
 
 
 # --- gallery life cycle ---------------------------------------------------------------------------

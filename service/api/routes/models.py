@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from model_store import Manifest
 from service.api.deps import ResourcesDep
 from service.api.errors import problem_responses
 from service.api.routes import API_PREFIX
-from service.schemas import ModelsResponse, ModelVariant
+from service.schemas import ModelsResponse, ModelVariant, PruningSummary
 
 router = APIRouter(prefix=API_PREFIX, tags=["models"])
 
@@ -41,9 +42,23 @@ async def list_models(resources: ResourcesDep) -> ModelsResponse:
                 threshold=embedder.threshold(fmr),
                 sha256=embedder.sha256,
                 parent=manifest.parent,
+                pruning=pruning_summary(manifest),
                 metrics=manifest.metrics,
             )
         )
     return ModelsResponse(
         default=registry.default_ref, target_fmr=fmr, detector=resources.detector_ref, variants=variants
+    )
+
+
+def pruning_summary(manifest: Manifest) -> PruningSummary | None:
+    """The client-facing part of a manifest's pruning record (its run paths and config stay internal)."""
+    record = manifest.pruning
+    if not record:
+        return None
+    return PruningSummary(
+        criterion=str(record.get("criterion")),
+        filters_removed_share=float(record.get("removed_share", 0.0)),
+        params_removed_share=record.get("params_removed_share"),
+        flops_removed_share=record.get("flops_removed_share"),
     )
