@@ -104,6 +104,7 @@ def prune(config: PruneConfig, progress: bool = True) -> dict[str, object]:
     importance = create_importance(config.criterion, seed=config.seed)
     summary = {"config": config.to_json(), "original_filters": original, "prunable_filters": total}
 
+    _snapshot_levels(model, data, history, config)  # a level interrupted before it was saved
     bar = tqdm(
         total=config.iterative_steps,
         initial=iteration,
@@ -112,7 +113,7 @@ def prune(config: PruneConfig, progress: bool = True) -> dict[str, object]:
     )
     while iteration < config.iterative_steps:
         iteration += 1
-        step_base = iteration * 100_000  # distinct batches per iteration, reproducible on resume
+        step_base = iteration * 100_000  # distinct batches per iteration, reproducible on resume (as levels')
         if importance.needs_data:
             importance = create_importance(config.criterion, seed=config.seed + iteration)
             batches = (
@@ -132,7 +133,7 @@ def prune(config: PruneConfig, progress: bool = True) -> dict[str, object]:
         )
         bar.update()
         bar.set_postfix(removed=f"{history[-1]['removed_share']:.2f}", params=history[-1]["params"])
-        _snapshot_levels(model, data, history[-1], history[0], config, step_base)
+        _snapshot_levels(model, data, history, config)
     bar.close()
     return summary | {"history": history}
 
@@ -156,20 +157,36 @@ def _describe(
     }
 
 
+def _reached_at(history: list[dict[str, object]], level: float) -> int | None:
+    """The first iteration whose cumulative share removed reaches ``level`` (None: not yet)."""
+    for record in history:
+        if float(record["removed_share"]) + 1e-9 >= level:  # type: ignore[arg-type]
+            return int(record["iteration"])  # type: ignore[call-overload]
+    return None
+
+
 def _snapshot_levels(
-    model: SqueezeFaceNet,
-    data: DistillationData,
-    record: dict[str, object],
-    dense_record: dict[str, object],
-    config: PruneConfig,
-    step_base: int,
+    model: SqueezeFaceNet, data: DistillationData, history: list[dict[str, object]], config: PruneConfig
 ) -> None:
-    """Finish every level the cumulative share has reached and that has no checkpoint yet."""
+    """Finish every level first reached by the current iteration (``history[-1]``) that has no checkpoint.
+
+    A level is always taken at the iteration that first reaches it, so a run interrupted between saving
+    ``state.pt`` and finishing a level completes that level on resume, from the same network; a level whose
+    iteration has passed without a checkpoint cannot be recreated and stops the run.
+    """
+    record = history[-1]
     for level in config.levels:
         path = config.run_dir / f"{level_name(level)}.pt"
-        if float(record["removed_share"]) + 1e-9 < level or path.exists():  # type: ignore[arg-type]
+        reached = _reached_at(history, level)
+        if path.exists() or reached is None:
             continue
+        if reached != record["iteration"]:
+            raise RuntimeError(
+                f"{path.name} is missing but its iteration ({reached}) has passed; "
+                "rerun the schedule in a fresh --run-dir"
+            )
         snapshot = copy.deepcopy(model)
+        step_base = int(record["iteration"]) * 100_000  # type: ignore[call-overload]
         finetune(snapshot, data, config.final_finetune_steps, config, step_base + 50_000)
         metrics = validate(snapshot, data.val)
         save_checkpoint(
@@ -179,6 +196,6 @@ def _snapshot_levels(
             criterion=config.criterion,
             val=metrics,
             record=record,
-            dense={k: dense_record[k] for k in ("filters", "params", "flops")},
+            dense={k: history[0][k] for k in ("filters", "params", "flops")},
             meta={"target_mean": data.target_mean.tolist(), "prune_config": config.to_json()},
         )

@@ -297,14 +297,25 @@ def test_pruning_schedule_snapshots_levels_and_resumes(
     assert sum(history[1]["removed_this_step"].values()) == summary["prunable_filters"] // 10 + (
         summary["prunable_filters"] % 10 > 0
     )
-    for level in ("level-10.pt", "level-20.pt"):
+    for iteration, level in ((1, "level-10.pt"), (2, "level-20.pt")):
         model, payload = load_checkpoint(tmp_path / "prune" / level)
         assert payload["criterion"] == "taylor" and "eer" in payload["val"]
+        assert payload["record"] == history[iteration]  # taken where the level was first reached
         assert filter_counts(model) == payload["record"]["filters"]
     stamp = (tmp_path / "prune" / "level-20.pt").stat().st_mtime_ns
     again = prune(config, progress=False)  # finished: resuming does nothing
     assert again["history"] == history
     assert (tmp_path / "prune" / "level-20.pt").stat().st_mtime_ns == stamp
+
+    # Interrupted after the last state.pt but before its level was saved: resuming finishes that level
+    # from the same iteration's network; a level whose iteration has passed cannot be recreated.
+    (tmp_path / "prune" / "level-20.pt").unlink()
+    prune(config, progress=False)
+    _, payload = load_checkpoint(tmp_path / "prune" / "level-20.pt")
+    assert payload["record"] == history[-1]
+    (tmp_path / "prune" / "level-10.pt").unlink()
+    with pytest.raises(RuntimeError, match="level-10.pt is missing"):
+        prune(config, progress=False)
 
     from pruning.publish import publish_checkpoint
 
