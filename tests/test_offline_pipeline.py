@@ -314,7 +314,7 @@ def test_pruning_schedule_snapshots_levels_and_resumes(
     _, payload = load_checkpoint(tmp_path / "prune" / "level-20.pt")
     assert payload["record"] == history[-1]
     (tmp_path / "prune" / "level-10.pt").unlink()
-    with pytest.raises(RuntimeError, match="level-10.pt is missing"):
+    with pytest.raises(RuntimeError, match=r"level-10\.pt is missing"):
         prune(config, progress=False)
 
     from pruning.publish import publish_checkpoint
