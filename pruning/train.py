@@ -154,9 +154,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     data = DistillationData.load(config.crops_root, config.sources, config.val_fraction)
     train_set, val_set = data.train, data.val
 
-    model = create_model(config.arch or None)
-    if config.init is not None:
-        model.load_state_dict(load_checkpoint(config.init)[0].state_dict())
+    # --init brings its own widths (a pruned network trains on as it is); config.arch is for fresh models.
+    model = load_checkpoint(config.init)[0] if config.init is not None else create_model(config.arch or None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = data.steps_per_epoch(config.batch_size)
     total_steps = steps_per_epoch * config.epochs

@@ -339,3 +339,19 @@ def test_pruning_schedule_snapshots_levels_and_resumes(
     assert section["dense_params"] == history[0]["params"]
     assert manifest.params == history[-1]["params"]
     assert 0 < section["params_removed_share"] < 1
+
+
+def test_training_from_a_pruned_checkpoint_keeps_its_widths(
+    crops_root: Path, dense_run: Path, tmp_path: Path
+) -> None:
+    from pruning.surgery import remove_filters
+
+    model, _ = load_checkpoint(dense_run / "best.pt")
+    remove_filters(model, {"fire4.expand3": [0, 1, 2], "head": [5]})
+    save_checkpoint(tmp_path / "pruned.pt", model)
+    config = tiny_run(tmp_path / "ft", crops_root)
+    config.init, config.arch = tmp_path / "pruned.pt", {}  # no arch given: the checkpoint's own is used
+    train(config, progress=False)
+    tuned, _ = load_checkpoint(tmp_path / "ft" / "last.pt")
+    assert filter_counts(tuned) == filter_counts(model)
+    assert count_params(tuned) == count_params(model)
