@@ -100,6 +100,13 @@ def pruning_section(payload: dict) -> dict[str, object] | None:
         "filters": record["filters"],
         "config": config or None,
     }
+    train_config = payload.get("meta", {}).get("config") or {}
+    if train_config.get("init"):  # a level trained further with `faceverify train --init`
+        section["finetuned_after_pruning"] = {
+            "init": train_config["init"],
+            "steps": payload.get("step"),
+            "lr": train_config.get("lr"),
+        }
     if dense is not None:
         section["filters_removed"] = {k: dense["filters"][k] - record["filters"][k] for k in dense["filters"]}
         section["dense_params"] = dense["params"]

@@ -65,6 +65,10 @@ class TrainConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
+# What a ``faceverify prune`` level checkpoint says about its pruning (see pruning/prune.py).
+PRUNING_KEYS = ("criterion", "level", "record", "dense", "meta")
+
+
 def distillation_loss(
     student: torch.Tensor,
     target: torch.Tensor,
@@ -155,7 +159,13 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     train_set, val_set = data.train, data.val
 
     # --init brings its own widths (a pruned network trains on as it is); config.arch is for fresh models.
-    model = load_checkpoint(config.init)[0] if config.init is not None else create_model(config.arch or None)
+    lineage: dict[str, object] = {}
+    if config.init is not None:
+        model, init_payload = load_checkpoint(config.init)
+        # A pruned level keeps its pruning record through further training (publish reads it).
+        lineage = {k: init_payload[k] for k in PRUNING_KEYS if k in init_payload}
+    else:
+        model = create_model(config.arch or None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = data.steps_per_epoch(config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -180,6 +190,9 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
     }
+    init_meta = lineage.pop("meta", None) or {}
+    if "prune_config" in init_meta:
+        meta["prune_config"] = init_meta["prune_config"]
     (config.run_dir / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     stop = {"now": False}
@@ -191,7 +204,9 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def save_last() -> None:
-        save_checkpoint(last_path, model, optimizer=optimizer.state_dict(), step=step, best=best, meta=meta)
+        save_checkpoint(
+            last_path, model, optimizer=optimizer.state_dict(), step=step, best=best, meta=meta, **lineage
+        )
 
     # Checkpoints and validation use the eager module; only the training step runs the compiled graph
     # (same parameters), so saved state dicts carry no compiler prefixes.
@@ -238,7 +253,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             score = float(metrics.get("tar_at_fmr_1e-3", -metrics["eer"]))  # type: ignore[arg-type]
             if score > best:
                 best = score
-                save_checkpoint(best_path, model, step=step, val=metrics, meta=meta)
+                save_checkpoint(best_path, model, step=step, val=metrics, meta=meta, **lineage)
             save_last()
         elif step % config.checkpoint_every == 0:
             save_last()

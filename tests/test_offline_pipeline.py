@@ -341,17 +341,38 @@ def test_pruning_schedule_snapshots_levels_and_resumes(
     assert 0 < section["params_removed_share"] < 1
 
 
-def test_training_from_a_pruned_checkpoint_keeps_its_widths(
+def test_training_from_a_pruned_checkpoint_keeps_its_widths_and_lineage(
     crops_root: Path, dense_run: Path, tmp_path: Path
 ) -> None:
+    from pruning.publish import pruning_section
     from pruning.surgery import remove_filters
 
     model, _ = load_checkpoint(dense_run / "best.pt")
+    dense = {"filters": filter_counts(model), "params": count_params(model), "flops": count_flops(model)}
     remove_filters(model, {"fire4.expand3": [0, 1, 2], "head": [5]})
-    save_checkpoint(tmp_path / "pruned.pt", model)
+    record = {
+        "iteration": 1,
+        "filters": filter_counts(model),
+        "removed_share": 0.01,
+        "params": count_params(model),
+        "flops": count_flops(model),
+    }
+    save_checkpoint(
+        tmp_path / "level-01.pt",
+        model,
+        criterion="taylor",
+        level=0.01,
+        record=record,
+        dense=dense,
+        meta={"prune_config": {"iterative_steps": 10}, "target_mean": [0.0] * 128},
+    )
     config = tiny_run(tmp_path / "ft", crops_root)
-    config.init, config.arch = tmp_path / "pruned.pt", {}  # no arch given: the checkpoint's own is used
+    config.init, config.arch = tmp_path / "level-01.pt", {}  # no arch given: the checkpoint's own is used
     train(config, progress=False)
-    tuned, _ = load_checkpoint(tmp_path / "ft" / "last.pt")
+    tuned, payload = load_checkpoint(tmp_path / "ft" / "best.pt")
     assert filter_counts(tuned) == filter_counts(model)
     assert count_params(tuned) == count_params(model)
+    section = pruning_section(payload)
+    assert section is not None and section["criterion"] == "taylor" and section["iterative_steps"] == 10
+    assert section["filters_removed"]["head"] == 1 and section["filters_removed"]["fire4.expand3"] == 3
+    assert section["finetuned_after_pruning"]["init"] == str(tmp_path / "level-01.pt")
