@@ -31,7 +31,9 @@ PRUNED_VARIANTS = sorted(str(ref) for ref in _COMMITTED.refs() if _COMMITTED.man
 MIN_DEEPFACE_ACCURACY = 0.96  # always answering "different" would score 262/300 = 0.873
 MIN_DEEPFACE_AUC = 0.99  # threshold-free: how well the scores separate same from different
 MAX_DEEPFACE_FALSE_ACCEPTS = 2  # the threshold is set for a 1e-3 false-match rate: ~0.3 of 262 expected
-# The committed pruned variants (Taylor levels of squeezefacenet@2), each through the same 300 pairs.
+# The committed pruned variants (Taylor levels of squeezefacenet@2), each through the same 300 pairs. Measured:
+# 10 % of filters removed 0.980 / AUC 1.000, 20 % 0.970 / 1.000, 30 % 0.977 / 0.999, 40 % 0.973 / 0.998,
+# 50 % 0.963 / 0.997; no false accepts at any level.
 MIN_PRUNED_DEEPFACE_ACCURACY = 0.95
 MIN_PRUNED_DEEPFACE_AUC = 0.98
 MIN_BBT_CORRECT = 7
@@ -103,6 +105,9 @@ def test_pruned_variant_by_header(
     pruned = models[ref]
     assert pruned["pruning"]["criterion"] == "taylor"
     assert pruned["parent"] in models and pruned["params"] < models[pruned["parent"]]["params"]
+    for alias in pruned["aliases"]:  # e.g. "squeezerfacenet" → the Taylor level that met the target
+        a, b = (DEEPFACE / "img1.jpg").read_bytes(), (DEEPFACE / "img2.jpg").read_bytes()
+        assert verify(real_store_client, a, b, {"X-Model-Variant": alias})["variant"] == ref
     result = deepface_pairs(real_store_client, {"X-Model-Variant": ref})
     summary = result["summary"]
     assert result["variant"] == ref
