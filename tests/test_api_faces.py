@@ -31,7 +31,7 @@ PRUNED_VARIANTS = sorted(str(ref) for ref in _COMMITTED.refs() if _COMMITTED.man
 MIN_DEEPFACE_ACCURACY = 0.96  # always answering "different" would score 262/300 = 0.873
 MIN_DEEPFACE_AUC = 0.99  # threshold-free: how well the scores separate same from different
 MAX_DEEPFACE_FALSE_ACCEPTS = 2  # the threshold is set for a 1e-3 false-match rate: ~0.3 of 262 expected
-# The committed pruned variants (Taylor levels of squeezefacenet@2), each through the same 300 pairs. Measured:
+# The committed pruned variants (Taylor levels of squeezefacenet@2), each on the same 300 pairs. Measured:
 # 10 % of filters removed 0.980 / AUC 1.000, 20 % 0.970 / 1.000, 30 % 0.977 / 0.999, 40 % 0.973 / 0.998,
 # 50 % 0.963 / 0.997; no false accepts at any level.
 MIN_PRUNED_DEEPFACE_ACCURACY = 0.95
