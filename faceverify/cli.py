@@ -225,6 +225,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         final_finetune_steps=args.final_finetune_steps,
         batch_size=args.batch_size,
         ignored_layers=args.ignored_layers or [],
+        round_to=args.round_to,
         threads=args.threads,
         seed=args.seed,
     )
@@ -393,6 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--final-finetune-steps", type=int, default=400)
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--ignored-layers", nargs="*", help="layers that keep every filter (e.g. stem)")
+    pr.add_argument(
+        "--round-to",
+        type=positive_int,
+        default=1,
+        help="keep each thinned layer at a multiple of this many filters (16: faster on ONNX Runtime CPU)",
+    )
     pr.add_argument("--threads", type=positive_int, default=2)
     pr.add_argument("--seed", type=int, default=0)
     pr.set_defaults(handler=cmd_prune)

@@ -42,6 +42,7 @@ class PruneConfig:
     batch_size: int = 64
     lr: float = 1e-3
     min_keep_fraction: float = 0.1  # never thin a layer below this share of its original filters
+    round_to: int = 1  # keep thinned layers at multiples of this (16: ORT's fast path, see lowest_filters)
     ignored_layers: list[str] = field(default_factory=list)
     sources: list[str] | None = None
     val_fraction: float = 0.1
@@ -122,7 +123,9 @@ def prune(config: PruneConfig, progress: bool = True) -> dict[str, object]:
             )
             importance.accumulate(model, _loss, batches)
         scores = importance.scores(model)
-        plan = lowest_filters(scores, per_step, min_keep=_current_min_keep(model, min_keep))
+        plan = lowest_filters(
+            scores, per_step, min_keep=_current_min_keep(model, min_keep), round_to=config.round_to
+        )
         remove_filters(model, plan)
         finetune(model, data, config.finetune_steps, config, step_base)
         removed = {k: len(v) for k, v in plan.items() if v}

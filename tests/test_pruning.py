@@ -184,3 +184,22 @@ def test_lowest_filters_is_global_and_keeps_a_minimum() -> None:
     assert plan == {"a": [0], "b": [0, 1]}
     capped = lowest_filters(scores, 5, min_keep={"a": 2, "b": 3})
     assert capped == {"a": [0], "b": [0]}
+
+
+def test_lowest_filters_round_to_keeps_layers_aligned() -> None:
+    generator = torch.Generator().manual_seed(0)
+    scores = {name: torch.rand(size, generator=generator) for name, size in (("a", 32), ("b", 48), ("c", 16))}
+    min_keep = {"a": 4, "b": 4, "c": 4}
+    for count in (1, 5, 20, 40):
+        plan = lowest_filters(scores, count, min_keep=min_keep, round_to=8)
+        removed = sum(len(v) for v in plan.values())
+        assert count <= removed < count + 8
+        for name, indices in plan.items():
+            assert (len(scores[name]) - len(indices)) % 8 == 0
+            if indices:  # a layer gives up its lowest filters
+                assert max(scores[name][indices]) <= min(
+                    s for i, s in enumerate(scores[name]) if i not in indices
+                )
+    assert lowest_filters(scores, 5, min_keep=min_keep) == lowest_filters(
+        scores, 5, min_keep=min_keep, round_to=1
+    )
