@@ -193,6 +193,8 @@ def plot_layers(history: list[dict], original: dict[str, int], out_path: Path) -
         [original[n] for n in names], share[1] if len(share) > 1 else share[-1], c="tab:blue", label="first"
     )
     ax2.set_xscale("log")
+    ax2.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # the widths themselves, legibly
+    ax2.set_xticks(sorted(set(original.values())), [str(w) for w in sorted(set(original.values()))])
     ax2.set_xlabel("layer's original output channels")
     ax2.set_ylabel("share removed")
     ax2.legend()
@@ -250,7 +252,9 @@ def main() -> None:
         "",
         "LFW View 2 10-fold accuracy through the evaluation harness on each variant's exported ONNX;",
         "threshold for FMR = 1e-3 calibrated on held-out validation identities (not LFW);",
-        "latency = ONNX Runtime, 1 thread.",
+        "latency = ONNX Runtime, 1 thread (why it falls less than FLOPs: `channel_alignment.md`).",
+        "The taylor-XX rows are published as `squeezerfacenet-taylor-XX@1` (alias `squeezerfacenet` =",
+        "taylor-30); the L1 and random baselines are not published.",
         "",
         "| variant | filters removed | params | FLOPs (M) | ONNX (KB) | ms b1 | ms b32 | LFW acc "
         "| Δ vs dense (pp) | TAR@FAR1e-3 | threshold |",
