@@ -114,7 +114,7 @@ def prune(config: PruneConfig, progress: bool = True) -> dict[str, object]:
     )
     while iteration < config.iterative_steps:
         iteration += 1
-        step_base = iteration * 100_000  # distinct batches per iteration, reproducible on resume (as levels')
+        step_base = iteration * 100_000  # distinct batches per iteration, reproducible on resume
         if importance.needs_data:
             importance = create_importance(config.criterion, seed=config.seed + iteration)
             batches = (
