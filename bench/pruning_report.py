@@ -119,7 +119,7 @@ def criterion_comparison(rows: list[dict], first: str, second: str) -> list[str]
     from scipy.stats import ttest_rel
 
     by_level = {
-        criterion: {r["variant"].split("-", 1)[1]: r for r in rows if r["criterion"] == criterion}
+        criterion: {r["variant"].rsplit("-", 1)[1]: r for r in rows if r["criterion"] == criterion}
         for criterion in (first, second)
     }
     curve = sorted((r for r in rows if r["criterion"] in (second, "dense")), key=lambda r: r["params"])
@@ -253,8 +253,8 @@ def main() -> None:
         "LFW View 2 10-fold accuracy through the evaluation harness on each variant's exported ONNX;",
         "threshold for FMR = 1e-3 calibrated on held-out validation identities (not LFW);",
         "latency = ONNX Runtime, 1 thread (why it falls less than FLOPs: `channel_alignment.md`).",
-        "The taylor-XX rows are published as `squeezerfacenet-taylor-XX@1` (alias `squeezerfacenet` =",
-        "taylor-30); the L1 and random baselines are not published.",
+        "The taylor-XX rows are published as `squeezerfacenet-taylor-XX@1`, taylor-r16-30 (`--round-to 16`)",
+        "as `squeezerfacenet-taylor-30@2` (alias `squeezerfacenet`); baselines are not published.",
         "",
         "| variant | filters removed | params | FLOPs (M) | ONNX (KB) | ms b1 | ms b32 | LFW acc "
         "| Δ vs dense (pp) | TAR@FAR1e-3 | threshold |",
@@ -276,7 +276,10 @@ def main() -> None:
         "![accuracy vs latency](pruning/accuracy_vs_latency.png)",
         "",
     ]
-    lines += criterion_comparison(rows, "taylor", "l1")
+    criteria = [r["criterion"] for r in rows]
+    for criterion in dict.fromkeys(c for c in criteria if c.startswith("taylor")):
+        if "l1" in criteria:
+            lines += criterion_comparison(rows, criterion, "l1")
     if "taylor" in analyses:
         lines += [
             "## Which layers lose filters first",
