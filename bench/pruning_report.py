@@ -113,6 +113,30 @@ def layer_order_analysis(history: list[dict], original: dict[str, int]) -> dict[
     return out
 
 
+def within_tolerance(rows: list[dict], tolerance_pp: float) -> list[str]:
+    """Per criterion, the smallest variant within ``tolerance_pp`` of the dense model's LFW accuracy."""
+    dense = rows[0]
+    lines = [f"Smallest variant within {tolerance_pp} pp of the dense LFW accuracy, per criterion:", ""]
+    for criterion in dict.fromkeys(r["criterion"] for r in rows[1:]):
+        close = [
+            r
+            for r in rows
+            if r["criterion"] == criterion
+            and 100 * (r["lfw_accuracy"] - dense["lfw_accuracy"]) >= -tolerance_pp
+        ]
+        if not close:
+            lines.append(f"- {criterion}: none")
+            continue
+        best = min(close, key=lambda r: r["params"])
+        lines.append(
+            f"- {criterion}: {best['variant']}, {best['params']:,} params "
+            f"({100 * (1 - best['params'] / dense['params']):.1f} % fewer), "
+            f"{100 * (best['lfw_accuracy'] - dense['lfw_accuracy']):+.2f} pp, "
+            f"{best['latency_b1_ms']:.2f} ms b1 (dense {dense['latency_b1_ms']:.2f})"
+        )
+    return lines
+
+
 def criterion_comparison(rows: list[dict], first: str, second: str) -> list[str]:
     """``first`` against ``second`` level by level: paired over the 10 LFW folds (same pairs, same
     thresholding protocol), on the larger validation split, and at equal parameter count."""
@@ -269,6 +293,7 @@ def main() -> None:
             f"{100 * r['lfw_accuracy']:.2f} ± {100 * r['lfw_accuracy_std']:.2f} | {delta:+.2f} | "
             f"{r['lfw_tar_at_far_1e-3']:.3f} | {r['threshold_fmr_1e-3']:.3f} |"
         )
+    lines += ["", *within_tolerance(rows, tolerance_pp=0.5)]
     lines += [
         "",
         "![accuracy vs params](pruning/accuracy_vs_params.png)",
