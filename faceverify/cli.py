@@ -212,6 +212,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from pruning.data.paths import data_root
     from pruning.prune import PruneConfig, prune
 
+    if args.publish_as and (args.pairs is None or args.images_root is None):
+        print("faceverify prune: --publish-as needs --pairs and --images-root", file=sys.stderr)
+        return 2  # before the run, not after half an hour of it
     config = PruneConfig(
         run_dir=args.run_dir,
         checkpoint=args.checkpoint,
@@ -236,6 +239,22 @@ def cmd_prune(args: argparse.Namespace) -> int:
             {"run_dir": str(args.run_dir), "removed_share": last["removed_share"], "params": last["params"]}
         )
     )
+    if args.publish_as:
+        from pruning.publish import publish_levels
+
+        root = args.data or data_root()
+        for manifest in publish_levels(
+            ModelStore(args.store),
+            args.run_dir,
+            name_prefix=args.publish_as,
+            crops_root=root / "crops",
+            lfw_pairs=args.pairs,
+            lfw_root=args.images_root,
+            cache_dir=root / "eval-cache",
+            parent=args.parent,
+            command="faceverify " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("faceverify") else None,
+        ):
+            print(json.dumps({"published": manifest.ref, "lfw": manifest.metrics["lfw"]}))
     return 0
 
 
@@ -402,6 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--threads", type=positive_int, default=2)
     pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument(
+        "--publish-as",
+        metavar="PREFIX",
+        help="then export, measure and publish every level as PREFIX-XX (needs --pairs, --images-root)",
+    )
+    pr.add_argument("--parent", help="name@version of the dense model, recorded as each level's parent")
+    pr.add_argument("--pairs", type=Path, help="LFW pairs.txt for --publish-as (benchmark only)")
+    pr.add_argument("--images-root", type=Path)
     pr.set_defaults(handler=cmd_prune)
 
     pub = sub.add_parser("publish", help="checkpoint → ONNX → LFW + calibrated threshold → model store")

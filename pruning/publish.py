@@ -177,6 +177,7 @@ def publish_checkpoint(
     description: str = "",
     command: str | None = None,
     val_fraction: float = 0.1,
+    pruning_extra: dict[str, object] | None = None,
 ) -> Manifest:
     with measured(
         checkpoint,
@@ -189,6 +190,8 @@ def publish_checkpoint(
     ) as m:
         meta = m.payload.get("meta", {})
         pruning = pruning_section(m.payload)
+        if pruning is not None and pruning_extra:
+            pruning |= pruning_extra
         config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
         manifest = publish_prepared(
             store,
@@ -215,3 +218,53 @@ def publish_checkpoint(
     if alias:
         store.set_alias(alias, manifest.ref)
     return manifest
+
+
+def publish_levels(
+    store: ModelStore,
+    run_dir: Path,
+    *,
+    name_prefix: str,
+    crops_root: Path,
+    lfw_pairs: Path,
+    lfw_root: Path,
+    cache_dir: Path | None = None,
+    parent: str | None = None,
+    command: str | None = None,
+    val_fraction: float = 0.1,
+) -> list[Manifest]:
+    """Publish every ``level-XX.pt`` of a ``faceverify prune`` run as ``{name_prefix}-XX``.
+
+    Rerunnable: a level whose checkpoint (by sha256) is already the latest version of its name is skipped.
+    """
+    import hashlib
+
+    published = []
+    for checkpoint in sorted(run_dir.glob("level-*.pt")):
+        level = checkpoint.stem.removeprefix("level-")
+        name = f"{name_prefix}-{level}"
+        digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+        versions = store.versions(name) if name in store.names() else []
+        if (
+            versions
+            and (store.manifest(f"{name}@{max(versions)}").pruning or {}).get("checkpoint_sha256") == digest
+        ):
+            continue
+        criterion = load_checkpoint(checkpoint)[1].get("criterion", "?")
+        published.append(
+            publish_checkpoint(
+                store,
+                checkpoint,
+                name=name,
+                crops_root=crops_root,
+                lfw_pairs=lfw_pairs,
+                lfw_root=lfw_root,
+                cache_dir=cache_dir,
+                parent=parent,
+                description=f"{parent or 'dense model'}: {level} % of filters removed by {criterion} pruning",
+                command=command,
+                val_fraction=val_fraction,
+                pruning_extra={"checkpoint_sha256": digest},
+            )
+        )
+    return published

@@ -80,3 +80,12 @@ def test_detect_group_photo(tmp_path: Path) -> None:
 def test_zero_workers_is_refused() -> None:
     result = run_cli("serve", "--workers", "0")
     assert result.returncode == 2 and "must be at least 1" in result.stderr
+
+
+def test_prune_publish_as_needs_the_benchmark_pairs_before_it_runs(tmp_path: Path) -> None:
+    # The checkpoint does not even exist: the missing option is reported before any work starts.
+    run_dir = tmp_path / "run"
+    result = run_cli("prune", str(tmp_path / "dense.pt"), "--run-dir", str(run_dir), "--publish-as", "x")
+    assert result.returncode == 2
+    assert "--publish-as needs --pairs and --images-root" in result.stderr
+    assert not run_dir.exists()

@@ -317,18 +317,21 @@ def test_pruning_schedule_snapshots_levels_and_resumes(
     with pytest.raises(RuntimeError, match=r"level-10\.pt is missing"):
         prune(config, progress=False)
 
-    from pruning.publish import publish_checkpoint
+    from pruning.publish import publish_levels
 
-    manifest = publish_checkpoint(
-        detector_only_store(tmp_path),
-        tmp_path / "prune" / "level-20.pt",
-        name="tinyface-20",
-        crops_root=crops_root,
-        lfw_pairs=bbt_pairs(tmp_path),
-        lfw_root=BBT,
-        parent="tinyface@1",
-        val_fraction=0.5,
-    )
+    store = detector_only_store(tmp_path)
+    publish = {
+        "name_prefix": "tinyface",
+        "crops_root": crops_root,
+        "lfw_pairs": bbt_pairs(tmp_path),
+        "lfw_root": BBT,
+        "parent": "tinyface@1",
+        "val_fraction": 0.5,
+    }
+    published = publish_levels(store, tmp_path / "prune", **publish)  # level-10.pt was deleted above
+    assert [str(m.ref) for m in published] == ["tinyface-20@1"]
+    assert publish_levels(store, tmp_path / "prune", **publish) == []  # rerun: nothing new to publish
+    manifest = published[0]
     section = manifest.pruning
     assert manifest.parent == "tinyface@1" and section is not None
     assert section["criterion"] == "taylor" and section["pruning_ratio"] == 0.2
