@@ -14,7 +14,6 @@ Writes reports/pruning.md and reports/pruning/*.png.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import time
@@ -24,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from model_store import ModelStore
+from model_store.store import sha256_file
 from pruning.data.paths import data_root
 from pruning.publish import measured
 
@@ -54,7 +54,7 @@ ACCURACY_KEYS = ("lfw_accuracy", "lfw_fold_accuracies", "val_tar_at_fmr_1e-3")
 def measure(checkpoint: Path, cache: dict[str, dict], store: ModelStore) -> dict[str, object]:
     """Every figure of one checkpoint; cached by its hash. An entry written before a figure was added
     gets the missing accuracy figures only (its latencies stay: they were timed on a quiet machine)."""
-    key = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
+    key = sha256_file(checkpoint)[:16]
     if key in cache and all(k in cache[key] for k in ACCURACY_KEYS):
         return cache[key]
     earlier = cache.get(key, {})

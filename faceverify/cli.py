@@ -242,40 +242,39 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.publish_as:
         from pruning.publish import publish_levels
 
-        root = args.data or data_root()
         for manifest in publish_levels(
-            ModelStore(args.store),
-            args.run_dir,
-            name_prefix=args.publish_as,
-            crops_root=root / "crops",
-            lfw_pairs=args.pairs,
-            lfw_root=args.images_root,
-            cache_dir=root / "eval-cache",
-            parent=args.parent,
-            command="faceverify " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("faceverify") else None,
+            ModelStore(args.store), args.run_dir, name_prefix=args.publish_as, **_publish_inputs(args)
         ):
             print(json.dumps({"published": manifest.ref, "lfw": manifest.metrics["lfw"]}))
     return 0
 
 
 # ---- publish --------------------------------------------------------------------------------------
-def cmd_publish(args: argparse.Namespace) -> int:
+def _publish_inputs(args: argparse.Namespace) -> dict[str, object]:
+    """What publishing measures a checkpoint on, and the lineage and command it records (publish, prune)."""
     from pruning.data.paths import data_root
-    from pruning.publish import publish_checkpoint
 
     root = args.data or data_root()
+    return {
+        "crops_root": root / "crops",
+        "lfw_pairs": args.pairs,
+        "lfw_root": args.images_root,
+        "cache_dir": root / "eval-cache",
+        "parent": args.parent,
+        "command": "faceverify " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("faceverify") else None,
+    }
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from pruning.publish import publish_checkpoint
+
     manifest = publish_checkpoint(
         ModelStore(args.store),
         args.checkpoint,
         name=args.name,
-        crops_root=root / "crops",
-        lfw_pairs=args.pairs,
-        lfw_root=args.images_root,
-        cache_dir=root / "eval-cache",
-        parent=args.parent,
         alias=args.alias,
         description=args.description,
-        command="faceverify " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("faceverify") else None,
+        **_publish_inputs(args),
     )
     print(
         json.dumps(

@@ -145,18 +145,24 @@ def _current_min_keep(model: SqueezeFaceNet, min_keep: dict[str, int]) -> dict[s
     return {name: min(min_keep[name], count) for name, count in filter_counts(model).items()}
 
 
+SIZE_KEYS = ("filters", "params", "flops")
+
+
+def size_record(model: SqueezeFaceNet) -> dict[str, object]:
+    """Filters per prunable layer, parameters and FLOPs: what a level is compared with its dense model by."""
+    return {"filters": filter_counts(model), "params": count_params(model), "flops": count_flops(model)}
+
+
 def _describe(
     model: SqueezeFaceNet, original: dict[str, int], iteration: int, removed: dict[str, int], total: int
 ) -> dict[str, object]:
-    counts = filter_counts(model)
-    gone = sum(original[k] - counts[k] for k in original)
+    size = size_record(model)
+    gone = sum(original[k] - size["filters"][k] for k in original)  # type: ignore[index]
     return {
         "iteration": iteration,
         "removed_this_step": removed,
-        "filters": counts,
         "removed_share": gone / total if total else 0.0,
-        "params": count_params(model),
-        "flops": count_flops(model),
+        **size,
     }
 
 
@@ -199,6 +205,6 @@ def _snapshot_levels(
             criterion=config.criterion,
             val=metrics,
             record=record,
-            dense={k: history[0][k] for k in ("filters", "params", "flops")},
+            dense={k: history[0][k] for k in SIZE_KEYS},
             meta={"target_mean": data.target_mean.tolist(), "prune_config": config.to_json()},
         )

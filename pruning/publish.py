@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from model_store import Manifest, ModelStore, Provenance
 from model_store.manifest import DataSource
+from model_store.store import sha256_file
 from pruning.calibrate import calibrate
 from pruning.checkpoint import load_checkpoint
 from pruning.evaluate import crop_embedder, default_selection, evaluate, read_pairs
@@ -82,15 +83,9 @@ def pruning_section(payload: dict) -> dict[str, object] | None:
     config = payload.get("meta", {}).get("prune_config") or {}
     dense = payload.get("dense")
     if dense is None and config.get("checkpoint") and Path(config["checkpoint"]).exists():
-        from pruning.models import count_flops, count_params
-        from pruning.surgery import filter_counts
+        from pruning.prune import size_record
 
-        dense_model, _ = load_checkpoint(Path(config["checkpoint"]))
-        dense = {
-            "filters": filter_counts(dense_model),
-            "params": count_params(dense_model),
-            "flops": count_flops(dense_model),
-        }
+        dense = size_record(load_checkpoint(Path(config["checkpoint"]))[0])
     section: dict[str, object] = {
         "criterion": payload.get("criterion"),
         "pruning_ratio": payload.get("level"),
@@ -113,6 +108,13 @@ def pruning_section(payload: dict) -> dict[str, object] | None:
         section["params_removed_share"] = 1 - record["params"] / dense["params"]
         section["flops_removed_share"] = 1 - record["flops"] / dense["flops"]
     return section
+
+
+def _pruned_description(parent: str | None, pruning: dict[str, object] | None) -> str:
+    if not pruning:
+        return ""
+    share = round(100 * float(pruning["pruning_ratio"]))  # type: ignore[arg-type]
+    return f"{parent or 'dense model'}: {share} % of filters removed by {pruning['criterion']} pruning"
 
 
 @dataclass
@@ -174,11 +176,12 @@ def publish_checkpoint(
     cache_dir: Path | None = None,
     parent: str | None = None,
     alias: str | None = None,
-    description: str = "",
+    description: str | None = "",
     command: str | None = None,
     val_fraction: float = 0.1,
     pruning_extra: dict[str, object] | None = None,
 ) -> Manifest:
+    """``description=None``: describe a pruned level from its own pruning record."""
     with measured(
         checkpoint,
         crops_root=crops_root,
@@ -192,6 +195,8 @@ def publish_checkpoint(
         pruning = pruning_section(m.payload)
         if pruning is not None and pruning_extra:
             pruning |= pruning_extra
+        if description is None:
+            description = _pruned_description(parent, pruning)
         config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
         manifest = publish_prepared(
             store,
@@ -237,20 +242,16 @@ def publish_levels(
 
     Rerunnable: a level whose checkpoint (by sha256) is already the latest version of its name is skipped.
     """
-    import hashlib
-
     published = []
     for checkpoint in sorted(run_dir.glob("level-*.pt")):
-        level = checkpoint.stem.removeprefix("level-")
-        name = f"{name_prefix}-{level}"
-        digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+        name = f"{name_prefix}-{checkpoint.stem.removeprefix('level-')}"
+        digest = sha256_file(checkpoint)
         versions = store.versions(name) if name in store.names() else []
         if (
             versions
             and (store.manifest(f"{name}@{max(versions)}").pruning or {}).get("checkpoint_sha256") == digest
         ):
             continue
-        criterion = load_checkpoint(checkpoint)[1].get("criterion", "?")
         published.append(
             publish_checkpoint(
                 store,
@@ -261,7 +262,7 @@ def publish_levels(
                 lfw_root=lfw_root,
                 cache_dir=cache_dir,
                 parent=parent,
-                description=f"{parent or 'dense model'}: {level} % of filters removed by {criterion} pruning",
+                description=None,
                 command=command,
                 val_fraction=val_fraction,
                 pruning_extra={"checkpoint_sha256": digest},

@@ -65,8 +65,9 @@ class TrainConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
-# What a ``faceverify prune`` level checkpoint says about its pruning (see pruning/prune.py).
-PRUNING_KEYS = ("criterion", "level", "record", "dense", "meta")
+# What a ``faceverify prune`` level checkpoint says about its pruning (see pruning/prune.py), besides its
+# meta["prune_config"].
+PRUNING_KEYS = ("criterion", "level", "record", "dense")
 
 
 def distillation_loss(
@@ -159,13 +160,13 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     train_set, val_set = data.train, data.val
 
     # --init brings its own widths (a pruned network trains on as it is); config.arch is for fresh models.
-    lineage: dict[str, object] = {}
+    init_payload: dict = {}
     if config.init is not None:
         model, init_payload = load_checkpoint(config.init)
-        # A pruned level keeps its pruning record through further training (publish reads it).
-        lineage = {k: init_payload[k] for k in PRUNING_KEYS if k in init_payload}
     else:
         model = create_model(config.arch or None)
+    # A pruned level keeps its pruning record through further training (publish reads it).
+    lineage = {k: init_payload[k] for k in PRUNING_KEYS if k in init_payload}
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = data.steps_per_epoch(config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -190,9 +191,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
     }
-    init_meta = lineage.pop("meta", None) or {}
-    if "prune_config" in init_meta:
-        meta["prune_config"] = init_meta["prune_config"]
+    if "prune_config" in init_payload.get("meta", {}):
+        meta["prune_config"] = init_payload["meta"]["prune_config"]
     (config.run_dir / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     stop = {"now": False}

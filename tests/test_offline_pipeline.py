@@ -17,7 +17,7 @@ from pruning.data.faceset import load_faceset, validation_mask
 from pruning.data.prep import PrepConfig, implausible_landmarks, iter_records, load_labels, prepare
 from pruning.export import export_onnx, parity, publish_prepared
 from pruning.models import SqueezeFaceNetConfig, count_flops, count_params, create_model
-from pruning.prune import PruneConfig, prune
+from pruning.prune import PruneConfig, prune, size_record
 from pruning.surgery import filter_counts
 from pruning.teacher import DlibTeacher, build_teacher_cache, teacher_path
 from pruning.train import TrainConfig, train
@@ -351,15 +351,9 @@ def test_training_from_a_pruned_checkpoint_keeps_its_widths_and_lineage(
     from pruning.surgery import remove_filters
 
     model, _ = load_checkpoint(dense_run / "best.pt")
-    dense = {"filters": filter_counts(model), "params": count_params(model), "flops": count_flops(model)}
+    dense = size_record(model)
     remove_filters(model, {"fire4.expand3": [0, 1, 2], "head": [5]})
-    record = {
-        "iteration": 1,
-        "filters": filter_counts(model),
-        "removed_share": 0.01,
-        "params": count_params(model),
-        "flops": count_flops(model),
-    }
+    record = {"iteration": 1, "removed_share": 0.01, **size_record(model)}
     save_checkpoint(
         tmp_path / "level-01.pt",
         model,
