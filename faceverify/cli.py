@@ -201,6 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         compile=not args.no_compile,
         val_every=args.val_every,
         seed=args.seed,
+        pooling=args.pooling,
     )
     best = train(config)
     print(json.dumps({"best": str(best), "run_dir": str(args.run_dir)}))
@@ -250,6 +251,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 # ---- publish --------------------------------------------------------------------------------------
+FLIP_FUSION_HELP = "embed each crop and its mirror image and fuse them inside the ONNX graph (2x FLOPs)"
+
+
 def _publish_inputs(args: argparse.Namespace) -> dict[str, object]:
     """What publishing measures a checkpoint on, and the lineage and command it records (publish, prune)."""
     from pruning.data.paths import data_root
@@ -261,6 +265,7 @@ def _publish_inputs(args: argparse.Namespace) -> dict[str, object]:
         "lfw_root": args.images_root,
         "cache_dir": root / "eval-cache",
         "parent": args.parent,
+        "flip_fusion": args.flip_fusion,
         "command": "faceverify " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("faceverify") else None,
     }
 
@@ -394,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-steps", type=int)
     tr.add_argument("--val-every", type=int, default=1000)
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument(
+        "--pooling",
+        choices=("gap", "gdc"),
+        help="embedding pooling (default: the --init network's, else gap); gdc converts a gap --init as is",
+    )
     tr.add_argument("--no-compile", action="store_true", help="eager PyTorch: no compile, ~30 %% slower")
     tr.set_defaults(handler=cmd_train)
 
@@ -426,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="then export, measure and publish every level as PREFIX-XX (needs --pairs, --images-root)",
     )
     pr.add_argument("--parent", help="name@version of the dense model, recorded as each level's parent")
+    pr.add_argument("--flip-fusion", action="store_true", help=FLIP_FUSION_HELP)
     pr.add_argument("--pairs", type=Path, help="LFW pairs.txt for --publish-as (benchmark only)")
     pr.add_argument("--images-root", type=Path)
     pr.set_defaults(handler=cmd_prune)
@@ -439,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--parent", help="name@version this model derives from")
     pub.add_argument("--alias", help="point this alias (e.g. default) at the new version")
     pub.add_argument("--description", default="")
+    pub.add_argument("--flip-fusion", action="store_true", help=FLIP_FUSION_HELP)
     pub.set_defaults(handler=cmd_publish)
 
     ev = sub.add_parser("eval", help="verification accuracy end to end from raw photos (LFW protocol)")

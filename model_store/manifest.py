@@ -75,6 +75,8 @@ class Manifest(_Strict):
     provenance: Provenance = Field(default_factory=Provenance)
     # Free-form record of how a pruned variant was made (criterion, pruning_ratio, ...).
     pruning: dict[str, Any] | None = None
+    # The network as built (family, widths, pooling) and where it departs from its paper.
+    architecture: dict[str, Any] | None = None
 
     @property
     def ref(self) -> str:

@@ -140,6 +140,7 @@ def measured(
     store: ModelStore,
     cache_dir: Path | None = None,
     val_fraction: float = 0.1,
+    flip_fusion: bool = False,
 ) -> Iterator[Measurement]:
     """Export ``checkpoint`` to a temporary ONNX file, check parity, measure LFW and the validation split."""
     model, payload = load_checkpoint(checkpoint)
@@ -147,8 +148,8 @@ def measured(
     data = DistillationData.load(crops_root, val_fraction=val_fraction, target_mean=meta.get("target_mean"))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        export_onnx(model, path)
-        cosine = parity(model, path, data.val.crops[:256])
+        export_onnx(model, path, flip_fusion=flip_fusion)
+        cosine = parity(model, path, data.val.crops[:256], flip_fusion=flip_fusion)
         if cosine < 0.9999:
             raise RuntimeError(f"ONNX parity too low: {cosine:.6f}")
         embed = onnx_embed_fn(path)
@@ -180,6 +181,7 @@ def publish_checkpoint(
     command: str | None = None,
     val_fraction: float = 0.1,
     pruning_extra: dict[str, object] | None = None,
+    flip_fusion: bool = False,
 ) -> Manifest:
     """``description=None``: describe a pruned level from its own pruning record."""
     with measured(
@@ -190,6 +192,7 @@ def publish_checkpoint(
         store=store,
         cache_dir=cache_dir,
         val_fraction=val_fraction,
+        flip_fusion=flip_fusion,
     ) as m:
         meta = m.payload.get("meta", {})
         pruning = pruning_section(m.payload)
@@ -219,6 +222,7 @@ def publish_checkpoint(
                 command=command,
             ),
             pruning=pruning,
+            flip_fusion=flip_fusion,
         )
     if alias:
         store.set_alias(alias, manifest.ref)
@@ -237,6 +241,7 @@ def publish_levels(
     parent: str | None = None,
     command: str | None = None,
     val_fraction: float = 0.1,
+    flip_fusion: bool = False,
 ) -> list[Manifest]:
     """Publish every ``level-XX.pt`` of a ``faceverify prune`` run as ``{name_prefix}-XX``.
 
@@ -266,6 +271,7 @@ def publish_levels(
                 command=command,
                 val_fraction=val_fraction,
                 pruning_extra={"checkpoint_sha256": digest},
+                flip_fusion=flip_fusion,
             )
         )
     return published

@@ -32,7 +32,7 @@ from pruning.augment import augment
 from pruning.calibrate import calibrate
 from pruning.checkpoint import load_checkpoint, save_checkpoint, torch_embed_fn
 from pruning.data.faceset import FaceSet, load_faceset, validation_mask
-from pruning.models import MODEL_CARD, count_params, create_model
+from pruning.models import MODEL_CARD, count_params, create_model, with_pooling
 from service.vision.tensor import crops_to_tensor
 
 
@@ -60,6 +60,8 @@ class TrainConfig:
     # (measured, batch 64), for ~50 s of compilation at the start of each process.
     compile: bool = True
     arch: dict[str, object] = field(default_factory=dict)
+    # Pooling of the trained network; with --init a GAP network is converted output-preserving (see models).
+    pooling: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -165,6 +167,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         model, init_payload = load_checkpoint(config.init)
     else:
         model = create_model(config.arch or None)
+    if config.pooling is not None:
+        model = with_pooling(model, config.pooling)
     # A pruned level keeps its pruning record through further training (publish reads it).
     lineage = {k: init_payload[k] for k in PRUNING_KEYS if k in init_payload}
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

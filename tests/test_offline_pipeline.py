@@ -191,6 +191,20 @@ def test_distillation_run_resumes_and_exports(crops_root: Path, tmp_path: Path) 
     assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
 
 
+def test_gdc_run_from_a_gap_checkpoint_exports_with_parity(crops_root: Path, tmp_path: Path) -> None:
+    gap_run = tiny_run(tmp_path / "gap", crops_root)
+    train(gap_run, progress=False)
+    gdc_run = tiny_run(tmp_path / "gdc", crops_root)
+    gdc_run.init, gdc_run.pooling, gdc_run.arch = gap_run.run_dir / "last.pt", "gdc", {}
+    train(gdc_run, progress=False)
+    model, _ = load_checkpoint(gdc_run.run_dir / "last.pt")
+    assert model.config.pooling == "gdc" and model.config.head == 64  # the --init widths, new pooling
+    assert not torch.allclose(model.global_pool.weight, torch.full_like(model.global_pool.weight, 1 / 49))
+    onnx_path = tmp_path / "gdc.onnx"
+    export_onnx(model, onnx_path)
+    assert parity(model, onnx_path, load_faceset(crops_root).crops[:16]) >= 0.9999
+
+
 def test_publish_embedder_fills_manifest(crops_root: Path, tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
     model = create_model(SqueezeFaceNetConfig(stem=32, fires=[(8, 16, 16)] * 8, head=64))
@@ -208,11 +222,37 @@ def test_publish_embedder_fills_manifest(crops_root: Path, tmp_path: Path) -> No
         provenance=Provenance(seed=0),
     )
     assert manifest.params == count_params(model) and manifest.flops and manifest.flops > 0
+    assert manifest.architecture and manifest.architecture["config"]["head"] == model.config.head
+    assert "stride-2" in manifest.architecture["deviation"]
     assert manifest.artifact.bytes == onnx_path.stat().st_size
     from service.inference.embedder import Embedder
 
     embedder = Embedder.from_store(store, "tiny")
     assert embedder.embed(faces.crops[:3]).shape == (3, 128)
+
+
+def test_flip_fused_export_is_mirror_invariant(crops_root: Path, tmp_path: Path) -> None:
+    from service.inference.embedder import Embedder
+
+    torch.manual_seed(0)
+    model = create_model(SqueezeFaceNetConfig(stem=32, fires=[(8, 16, 16)] * 8, head=64)).eval()
+    crops = load_faceset(crops_root).crops[:8]
+    mirrored = np.ascontiguousarray(crops[:, :, ::-1])
+    store = ModelStore(tmp_path / "store")
+    for name, fused in (("plain", False), ("fused", True)):
+        path = tmp_path / f"{name}.onnx"
+        export_onnx(model, path, flip_fusion=fused)
+        assert parity(model, path, crops, flip_fusion=fused) >= 0.9999
+        publish_prepared(
+            store, model, path, name=name, description="", metrics={}, thresholds={},
+            provenance=Provenance(), flip_fusion=fused,
+        )  # fmt: skip
+    plain, fused = Embedder.from_store(store, "plain"), Embedder.from_store(store, "fused")
+    # The fused graph scores a face and its mirror image alike; one pass alone does not.
+    assert np.allclose(fused.embed(crops), fused.embed(mirrored), atol=1e-5)
+    assert not np.allclose(plain.embed(crops), plain.embed(mirrored), atol=1e-3)
+    assert fused.manifest.flops == 2 * plain.manifest.flops
+    assert fused.manifest.architecture["flip_fusion"] and not plain.manifest.architecture["flip_fusion"]
 
 
 @pytest.fixture(scope="module")

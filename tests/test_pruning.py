@@ -17,7 +17,7 @@ from pruning.importance import (
     create_importance,
     lowest_filters,
 )
-from pruning.models import SqueezeFaceNetConfig, count_params, create_model
+from pruning.models import SqueezeFaceNetConfig, count_params, create_model, with_pooling
 from pruning.surgery import filter_counts, prunable_layers, remove_filters
 
 SMALL = SqueezeFaceNetConfig(
@@ -82,6 +82,25 @@ def test_pruned_output_equals_zeroed_filters(plan) -> None:
     original = filter_counts(_randomised())
     for name, indices in plan.items():
         assert counts[name] == original[name] - len(indices)
+
+
+def test_gdc_starts_as_average_pooling_and_prunes_with_the_head() -> None:
+    model = _randomised()
+    x = torch.randn(3, 3, 112, 112)
+    gdc = with_pooling(model, "gdc").eval()
+    with torch.no_grad():
+        assert torch.allclose(gdc(x), model(x), atol=1e-5)  # lossless conversion of a trained GAP network
+        assert count_params(gdc) == count_params(model) + SMALL.head * 7 * 7
+        gdc.global_pool.weight.uniform_(0, 0.05)  # a learnt spatial map, so pruning has something to keep
+    plan = PLANS["everywhere"]
+    with torch.no_grad():
+        expected = _zeroed(gdc, plan)(x)
+    remove_filters(gdc, plan)
+    with torch.no_grad():
+        assert torch.allclose(gdc(x), expected, atol=1e-4)
+    assert gdc.global_pool.weight.shape[0] == gdc.config.head == SMALL.head - 1
+    with pytest.raises(ValueError, match="cannot be turned back"):
+        with_pooling(gdc, "gap")
 
 
 def test_pruned_model_reloads_from_its_checkpoint(tmp_path: Path) -> None:

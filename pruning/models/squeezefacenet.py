@@ -8,7 +8,13 @@ Deviation from the papers, for CPU cost: the papers feed 113×113 with the first
 here the input is 112×112 (the ArcFace alignment template) with a stride-2 3×3 stem and the SqueezeNet 1.1
 pooling layout (pools after the stem, fire3 and fire5), which costs about a quarter of the FLOPs of the
 stride-1 layout. Feature maps: 56 → 28 (fire2-3) → 14 (fire4-5) → 7 (fire6-9). The embedding head is a
-1×1 convolution (``head`` channels) → global average pooling → linear → batch norm (128-D).
+1×1 convolution (``head`` channels) → pooling → linear → batch norm (128-D).
+
+Pooling: ``"gap"`` (global average, SqueezeNet's) or ``"gdc"``, the global depthwise convolution of
+MobileFaceNets (Chen et al. 2018, https://arxiv.org/abs/1804.07573): one learnt 7×7 weight map per channel,
+because on aligned faces *where* a feature fires matters and plain averaging throws that away. A GDC
+initialised to 1/49 is exactly GAP, so :func:`with_pooling` turns a trained GAP network into a GDC one
+with the same outputs, and training carries on from there.
 
 Every width lives in :class:`SqueezeFaceNetConfig`, so a pruned network is the same class with smaller
 widths and is saved as (config, state dict).
@@ -27,7 +33,29 @@ MODEL_CARD = {
     "std": (128.0, 128.0, 128.0),
     "alignment_template": "arcface_112",
     "embedding_dim": 128,
+    "family": "squeezefacenet",
+    "paper": "https://arxiv.org/abs/2307.10377",
+    "deviation": (
+        "112x112 input (ArcFace template) with a stride-2 3x3 stem and SqueezeNet 1.1 pooling, "
+        "instead of the papers' 113x113 input with a stride-1 first convolution: about a quarter "
+        "of the FLOPs, for CPU serving and CPU training"
+    ),
 }
+
+
+def architecture_record(model: SqueezeFaceNet) -> dict[str, object]:
+    """What a manifest says about the network: family, widths, pooling, and its departure from the paper."""
+    return {
+        "family": MODEL_CARD["family"],
+        "paper": MODEL_CARD["paper"],
+        "deviation": MODEL_CARD["deviation"],
+        "config": model.config.to_dict(),
+    }
+
+
+# Side of the last feature map for the 112×112 input (stride 16); a GDC kernel covers it whole.
+FEATURE_MAP = 7
+POOLINGS = ("gap", "gdc")
 
 DEFAULT_FIRES: tuple[tuple[int, int, int], ...] = (
     (16, 64, 64),
@@ -50,6 +78,7 @@ class SqueezeFaceNetConfig:
     embedding_dim: int = 128
     pool_after: tuple[int, ...] = (1, 3)  # max-pool after these fire indices (0 = fire2); one after the stem
     dropout: float = 0.0
+    pooling: str = "gap"  # "gap" | "gdc" (see the module docstring)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -99,7 +128,13 @@ class SqueezeFaceNet(nn.Module):
             self.fires.append(fire)
             channels = fire.out_channels
         self.head = conv_bn(channels, config.head, 1)
-        self.gap = nn.AdaptiveAvgPool2d(1)
+        if config.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, not {config.pooling!r}")
+        self.global_pool = (
+            nn.Conv2d(config.head, config.head, FEATURE_MAP, groups=config.head, bias=False)
+            if config.pooling == "gdc"
+            else nn.AdaptiveAvgPool2d(1)
+        )
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.embedding = nn.Linear(config.head, config.embedding_dim, bias=False)
         self.embedding_bn = nn.BatchNorm1d(config.embedding_dim)
@@ -112,6 +147,8 @@ class SqueezeFaceNet(nn.Module):
             elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        if isinstance(self.global_pool, nn.Conv2d):
+            nn.init.constant_(self.global_pool.weight, 1 / FEATURE_MAP**2)  # starts as global average pooling
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.stem(x))
@@ -123,7 +160,7 @@ class SqueezeFaceNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised embedding; callers L2-normalise (the ONNX export does it inside)."""
-        x = torch.flatten(self.gap(self.features(x)), 1)
+        x = torch.flatten(self.global_pool(self.features(x)), 1)
         return self.embedding_bn(self.embedding(self.dropout(x)))
 
 
@@ -131,6 +168,20 @@ def create_model(config: SqueezeFaceNetConfig | dict[str, object] | None = None)
     if isinstance(config, dict):
         config = SqueezeFaceNetConfig.from_dict(config)
     return SqueezeFaceNet(config)
+
+
+def with_pooling(model: SqueezeFaceNet, pooling: str) -> SqueezeFaceNet:
+    """The same network with another pooling; GAP → GDC keeps every output (the GDC starts at 1/49)."""
+    if model.config.pooling == pooling:
+        return model
+    if pooling != "gdc":
+        raise ValueError("a learnt GDC cannot be turned back into average pooling without changing outputs")
+    config = SqueezeFaceNetConfig.from_dict(model.config.to_dict() | {"pooling": pooling})
+    converted = SqueezeFaceNet(config)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("global_pool.")}
+    missing, unexpected = converted.load_state_dict(state, strict=False)
+    assert missing == ["global_pool.weight"] and not unexpected, (missing, unexpected)
+    return converted
 
 
 def count_params(model: nn.Module) -> int:
