@@ -39,7 +39,11 @@ class DlibTeacher:
 
     def describe(self, image_rgb: np.ndarray, box: np.ndarray | list[float]) -> np.ndarray:
         """One face → its raw 128-D descriptor (dlib's own output, roughly unit length)."""
-        descriptor = self._net.compute_face_descriptor(self.chip(image_rgb, box))
+        return self.describe_chip(self.chip(image_rgb, box))
+
+    def describe_chip(self, chip_rgb: np.ndarray) -> np.ndarray:
+        """A ready 150×150 chip → its raw descriptor."""
+        descriptor = self._net.compute_face_descriptor(np.ascontiguousarray(chip_rgb))
         return np.asarray(descriptor, dtype=np.float32)
 
     def embed_faces(self, images: list[np.ndarray], faces: list) -> np.ndarray:
