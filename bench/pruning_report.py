@@ -25,7 +25,7 @@ import onnxruntime as ort
 from model_store import ModelStore
 from model_store.store import sha256_file
 from pruning.data.paths import data_root
-from pruning.publish import measured
+from pruning.publish import Benchmark, measured
 
 ROOT = Path(__file__).resolve().parents[1]
 LFW = ROOT.parent / "shared" / "datasets" / "lfw"
@@ -59,14 +59,8 @@ def measure(checkpoint: Path, cache: dict[str, dict], store: ModelStore) -> dict
         return cache[key]
     earlier = cache.get(key, {})
     root = data_root()
-    with measured(
-        checkpoint,
-        crops_root=root / "crops",
-        lfw_pairs=LFW / "pairs.txt",
-        lfw_root=LFW / "images",
-        store=store,
-        cache_dir=root / "eval-cache",
-    ) as m:
+    benchmark = Benchmark(root / "crops", LFW / "pairs.txt", LFW / "images", cache_dir=root / "eval-cache")
+    with measured(checkpoint, benchmark, store=store) as m:
         from pruning.models import count_flops, count_params
 
         record = m.payload.get("record") or {}

@@ -257,13 +257,11 @@ FLIP_FUSION_HELP = "embed each crop and its mirror image and fuse them inside th
 def _publish_inputs(args: argparse.Namespace) -> dict[str, object]:
     """What publishing measures a checkpoint on, and the lineage and command it records (publish, prune)."""
     from pruning.data.paths import data_root
+    from pruning.publish import Benchmark
 
     root = args.data or data_root()
     return {
-        "crops_root": root / "crops",
-        "lfw_pairs": args.pairs,
-        "lfw_root": args.images_root,
-        "cache_dir": root / "eval-cache",
+        "benchmark": Benchmark(root / "crops", args.pairs, args.images_root, cache_dir=root / "eval-cache"),
         "parent": args.parent,
         "flip_fusion": args.flip_fusion,
         "command": "faceverify " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("faceverify") else None,

@@ -117,6 +117,18 @@ def _pruned_description(parent: str | None, pruning: dict[str, object] | None) -
     return f"{parent or 'dense model'}: {share} % of filters removed by {pruning['criterion']} pruning"
 
 
+@dataclass(frozen=True)
+class Benchmark:
+    """What a checkpoint is measured on before it is published: the crop cache's held-out validation split
+    (threshold calibration) and a pairs file with its photos (LFW: benchmark only)."""
+
+    crops_root: Path
+    lfw_pairs: Path
+    lfw_root: Path
+    cache_dir: Path | None = None  # detector results of the pairs' photos, reused across checkpoints
+    val_fraction: float = 0.1
+
+
 @dataclass
 class Measurement:
     """A checkpoint exported to ONNX and measured on those bytes."""
@@ -133,19 +145,17 @@ class Measurement:
 @contextmanager
 def measured(
     checkpoint: Path,
+    benchmark: Benchmark,
     *,
-    crops_root: Path,
-    lfw_pairs: Path,
-    lfw_root: Path,
     store: ModelStore,
-    cache_dir: Path | None = None,
-    val_fraction: float = 0.1,
     flip_fusion: bool = False,
 ) -> Iterator[Measurement]:
     """Export ``checkpoint`` to a temporary ONNX file, check parity, measure LFW and the validation split."""
     model, payload = load_checkpoint(checkpoint)
     meta = payload.get("meta", {})
-    data = DistillationData.load(crops_root, val_fraction=val_fraction, target_mean=meta.get("target_mean"))
+    data = DistillationData.load(
+        benchmark.crops_root, val_fraction=benchmark.val_fraction, target_mean=meta.get("target_mean")
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         export_onnx(model, path, flip_fusion=flip_fusion)
@@ -155,12 +165,12 @@ def measured(
         embed = onnx_embed_fn(path)
         validation = calibrate(embed(data.val.crops), data.val.identity)
         lfw = evaluate(
-            read_pairs(lfw_pairs),
-            lfw_root,
+            read_pairs(benchmark.lfw_pairs),
+            benchmark.lfw_root,
             crop_embedder(embed, str(MODEL_CARD["alignment_template"])),
             store=store,
-            cache_dir=cache_dir,
-            selection=default_selection(lfw_pairs),
+            cache_dir=benchmark.cache_dir,
+            selection=default_selection(benchmark.lfw_pairs),
         )
         train_counts = meta.get("data", {}).get("train") or data.train.counts()
         yield Measurement(model, payload, path, lfw, validation, cosine, train_counts)
@@ -169,31 +179,18 @@ def measured(
 def publish_checkpoint(
     store: ModelStore,
     checkpoint: Path,
+    benchmark: Benchmark,
     *,
     name: str,
-    crops_root: Path,
-    lfw_pairs: Path,
-    lfw_root: Path,
-    cache_dir: Path | None = None,
     parent: str | None = None,
     alias: str | None = None,
     description: str | None = "",
     command: str | None = None,
-    val_fraction: float = 0.1,
     pruning_extra: dict[str, object] | None = None,
     flip_fusion: bool = False,
 ) -> Manifest:
     """``description=None``: describe a pruned level from its own pruning record."""
-    with measured(
-        checkpoint,
-        crops_root=crops_root,
-        lfw_pairs=lfw_pairs,
-        lfw_root=lfw_root,
-        store=store,
-        cache_dir=cache_dir,
-        val_fraction=val_fraction,
-        flip_fusion=flip_fusion,
-    ) as m:
+    with measured(checkpoint, benchmark, store=store, flip_fusion=flip_fusion) as m:
         meta = m.payload.get("meta", {})
         pruning = pruning_section(m.payload)
         if pruning is not None and pruning_extra:
@@ -232,15 +229,11 @@ def publish_checkpoint(
 def publish_levels(
     store: ModelStore,
     run_dir: Path,
+    benchmark: Benchmark,
     *,
     name_prefix: str,
-    crops_root: Path,
-    lfw_pairs: Path,
-    lfw_root: Path,
-    cache_dir: Path | None = None,
     parent: str | None = None,
     command: str | None = None,
-    val_fraction: float = 0.1,
     flip_fusion: bool = False,
 ) -> list[Manifest]:
     """Publish every ``level-XX.pt`` of a ``faceverify prune`` run as ``{name_prefix}-XX``.
@@ -261,15 +254,11 @@ def publish_levels(
             publish_checkpoint(
                 store,
                 checkpoint,
+                benchmark,
                 name=name,
-                crops_root=crops_root,
-                lfw_pairs=lfw_pairs,
-                lfw_root=lfw_root,
-                cache_dir=cache_dir,
                 parent=parent,
                 description=None,
                 command=command,
-                val_fraction=val_fraction,
                 pruning_extra={"checkpoint_sha256": digest},
                 flip_fusion=flip_fusion,
             )

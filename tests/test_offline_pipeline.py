@@ -287,19 +287,16 @@ def detector_only_store(tmp_path: Path) -> ModelStore:
 def test_publish_checkpoint_measures_the_onnx_bytes(
     crops_root: Path, dense_run: Path, tmp_path: Path
 ) -> None:
-    from pruning.publish import publish_checkpoint
+    from pruning.publish import Benchmark, publish_checkpoint
 
     pairs = bbt_pairs(tmp_path)
     store = detector_only_store(tmp_path)
     manifest = publish_checkpoint(
         store,
         dense_run / "best.pt",
+        Benchmark(crops_root, pairs, BBT, val_fraction=0.5),
         name="tinyface",
-        crops_root=crops_root,
-        lfw_pairs=pairs,
-        lfw_root=BBT,
         alias="default",
-        val_fraction=0.5,
     )
     assert store.resolve("default") == store.resolve("tinyface@1")
     assert manifest.metrics["lfw"]["n_pairs"] == 6
@@ -357,16 +354,13 @@ def test_pruning_schedule_snapshots_levels_and_resumes(
     with pytest.raises(RuntimeError, match=r"level-10\.pt is missing"):
         prune(config, progress=False)
 
-    from pruning.publish import publish_levels
+    from pruning.publish import Benchmark, publish_levels
 
     store = detector_only_store(tmp_path)
     publish = {
+        "benchmark": Benchmark(crops_root, bbt_pairs(tmp_path), BBT, val_fraction=0.5),
         "name_prefix": "tinyface",
-        "crops_root": crops_root,
-        "lfw_pairs": bbt_pairs(tmp_path),
-        "lfw_root": BBT,
         "parent": "tinyface@1",
-        "val_fraction": 0.5,
     }
     published = publish_levels(store, tmp_path / "prune", **publish)  # level-10.pt was deleted above
     assert [str(m.ref) for m in published] == ["tinyface-20@1"]
