@@ -21,8 +21,12 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from service.vision.detect import Face, MTCNNDetector
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
@@ -36,6 +40,13 @@ class PrepConfig:
     template: str = "arcface_112"
     max_pixels: int = 40_000_000
     detector: str = "mtcnn"
+    # Detection runs on the photo with a black border of this fraction of its longer side; alignment reads
+    # the original. Tight portraits (FairFace, UTKFace) otherwise get misplaced landmarks: on 150 FairFace
+    # photos a third of the faces moved by more than 0.3 inter-ocular distances, onto the right place.
+    detect_pad_fraction: float = 0.3
+    # Longest side of the (padded) photo that detection sees; larger ones are shrunk first. Training photos
+    # show one large face, and full-size CelebA originals padded cost ~200 ms each otherwise.
+    max_detect_side: int | None = 640
 
 
 def list_photos(folder: Path) -> list[str]:
@@ -74,6 +85,22 @@ def implausible_landmarks(box: np.ndarray, landmarks: np.ndarray) -> str | None:
     return None
 
 
+def detect_padded(detector: MTCNNDetector, image: np.ndarray, pad_fraction: float) -> list[Face]:
+    """Faces of ``image`` found on a black-bordered copy, in the original image's coordinates."""
+    import cv2
+
+    from service.vision.detect import Face
+
+    pad = round(pad_fraction * max(image.shape[:2]))
+    if pad == 0:
+        return detector.detect(image)
+    padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    return [
+        Face(box=f.box - np.float32(pad), score=f.score, landmarks=f.landmarks - np.float32(pad))
+        for f in detector.detect(padded)
+    ]
+
+
 # ---- worker process -------------------------------------------------------------------------------
 _worker: dict[str, object] = {}
 
@@ -84,7 +111,9 @@ def _init_worker(folder: str, config: PrepConfig, store_root: str) -> None:
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     detector = MTCNNDetector.from_store(
-        ModelStore(store_root), config.detector, DetectorConfig(min_face_size=config.min_face_size)
+        ModelStore(store_root),
+        config.detector,
+        DetectorConfig(min_face_size=config.min_face_size, max_image_side=config.max_detect_side),
     )
     _worker.update(folder=Path(folder), config=config, detector=detector)
 
@@ -103,7 +132,7 @@ def _process(rel: str) -> tuple[dict[str, object], np.ndarray | None]:
     except DomainError as error:
         return record | {"status": f"decode:{error.code}"}, None
     record["size"] = [int(image.shape[1]), int(image.shape[0])]
-    faces = detector.detect(image)  # type: ignore[attr-defined]
+    faces = detect_padded(detector, image, config.detect_pad_fraction)  # type: ignore[arg-type]
     record["n_faces"] = len(faces)
     if not faces:
         return record | {"status": "no_face"}, None
@@ -166,8 +195,10 @@ def prepare(
     meta_path = out_dir / "meta.json"
     if meta_path.exists():
         previous = json.loads(meta_path.read_text())
-        if previous["photos"] != meta["photos"] or previous["config"]["shard_size"] != config.shard_size:
-            raise RuntimeError(f"{out_dir} was prepared from a different photo list; use a new folder")
+        settings = {k: v for k, v in meta["config"].items() if k != "workers"}
+        previous_settings = {k: v for k, v in previous["config"].items() if k != "workers"}
+        if previous["photos"] != meta["photos"] or previous_settings != settings:
+            raise RuntimeError(f"{out_dir} was prepared from other photos or settings; use a new folder")
     _atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
 
     shards = [photos[i : i + config.shard_size] for i in range(0, len(photos), config.shard_size)]
