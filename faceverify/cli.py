@@ -139,13 +139,20 @@ def cmd_prep(args: argparse.Namespace) -> int:
 # ---- teacher --------------------------------------------------------------------------------------
 def cmd_teacher(args: argparse.Namespace) -> int:
     from pruning.data.paths import data_root
+    from pruning.sface import build_sface_cache
     from pruning.teacher import build_teacher_cache
 
-    crops_root = (args.data or data_root()) / "crops"
+    root = args.data or data_root()
+    crops_root = root / "crops"
     names = args.source or sorted(p.name for p in crops_root.iterdir() if (p / "meta.json").exists())
     for name in names:
-        described = build_teacher_cache(crops_root / name, workers=args.workers)
-        print(json.dumps({"source": name, "described": described}))
+        if args.teacher == "sface":
+            described = build_sface_cache(
+                crops_root / name, root / "teachers", mirror=args.mirror, threads=args.workers
+            )
+        else:
+            described = build_teacher_cache(crops_root / name, workers=args.workers)
+        print(json.dumps({"source": name, "teacher": args.teacher, "described": described}))
     return 0
 
 
@@ -379,10 +386,19 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--shard-size", type=int, default=2048)
     prep.set_defaults(handler=cmd_prep)
 
-    teacher = sub.add_parser("teacher", help="cache the dlib teacher's descriptors of prepared crops")
+    teacher = sub.add_parser("teacher", help="cache a teacher's descriptors of prepared crops (resumable)")
     teacher.add_argument("--source", nargs="+", help="prepared caches to describe (default: all)")
     teacher.add_argument("--data", type=Path, help="data root (default: $FACEVERIFY_DATA or ~/.cache/...)")
-    teacher.add_argument("--workers", type=positive_int, default=2)
+    teacher.add_argument(
+        "--workers", type=positive_int, default=2, help="processes (dlib) or threads (sface)"
+    )
+    teacher.add_argument(
+        "--teacher",
+        choices=("sface", "dlib"),
+        default="sface",
+        help="sface: every cached crop and its mirror (no re-detection); dlib: its own chip from the photo",
+    )
+    teacher.add_argument("--mirror", action="store_true", help="sface: the mirror-image pass")
     teacher.set_defaults(handler=cmd_teacher)
 
     tr = sub.add_parser("train", help="distil the teacher into a SqueezeFaceNet student (resumable)")
