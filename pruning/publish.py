@@ -163,7 +163,7 @@ def measured(
     """Export ``checkpoint`` to a temporary ONNX file, check parity, measure LFW and the validation split."""
     model, payload = load_checkpoint(checkpoint)
     meta = payload.get("meta", {})
-    val = load_validation(benchmark.crops_root, benchmark.val_fraction)  # only the held-out crops
+    val = load_validation(benchmark.crops_root, fraction=benchmark.val_fraction)  # only the held-out crops
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         export_onnx(model, path, flip_fusion=flip_fusion)

@@ -83,7 +83,7 @@ def publish_sface(
     draft.provenance.command = command
     # Measured through the service's embedder on exactly these bytes.
     embedder = Embedder(draft, servable, intra_op_threads=2)
-    val = load_validation(benchmark.crops_root, benchmark.val_fraction)
+    val = load_validation(benchmark.crops_root, fraction=benchmark.val_fraction)
     validation = calibrate(embedder.embed(val.crops), val.identity)
     lfw = evaluate(
         read_pairs(benchmark.lfw_pairs),

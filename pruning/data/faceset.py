@@ -129,9 +129,9 @@ def load_faceset(
     return faces if limit is None else faces.subset(np.arange(len(faces)) < limit)
 
 
-def load_validation(crops_root: Path, fraction: float = 0.1) -> FaceSet:
+def load_validation(crops_root: Path, sources: list[str] | None = None, fraction: float = 0.1) -> FaceSet:
     """Only the held-out identities' crops (no teacher needed): what publishing and calibration read."""
-    return load_faceset(crops_root, teacher=None, keep=lambda identity: held_out(identity, fraction))
+    return load_faceset(crops_root, sources, teacher=None, keep=lambda identity: held_out(identity, fraction))
 
 
 def held_out(identity: str, fraction: float = 0.1) -> bool:
