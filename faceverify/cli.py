@@ -159,7 +159,14 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 # ---- eval -----------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     from pruning.data.paths import data_root
-    from pruning.evaluate import crop_embedder, default_selection, evaluate, read_pairs, write_report
+    from pruning.evaluate import (
+        crop_embedder,
+        default_selection,
+        evaluate,
+        read_pairs,
+        write_report,
+        write_scores,
+    )
 
     store = ModelStore(args.store)
     if args.teacher:
@@ -183,10 +190,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate(
         pairs, args.images_root, embed, store=store, cache_dir=data_root() / "eval-cache", selection=selection
     )
-    summary = {k: v for k, v in metrics.items() if k not in ("roc", "fold_accuracies")}
+    summary = {k: v for k, v in metrics.items() if k not in ("roc", "fold_accuracies", "scores")}
     print(json.dumps({"label": label, **summary}, indent=2))
     if args.json:
         write_report(metrics, args.json, label)
+    if args.scores:
+        threshold = embedder.threshold() if args.variant else None  # the threshold the API decides with
+        write_scores(pairs, metrics["scores"], args.scores, threshold)  # type: ignore[arg-type]
     return 0
 
 
@@ -543,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--images-root", type=Path, required=True)
     ev.add_argument("--json", type=Path, help="write metrics here (and a ROC PNG beside it)")
+    ev.add_argument(
+        "--scores", type=Path, help="CSV of every pair's score (and, for --variant, its decision)"
+    )
     ev.add_argument("--threads", type=positive_int, default=2)
     ev.add_argument(
         "--face-selection",
