@@ -114,8 +114,8 @@ def main() -> None:
         f"{summary['faces']} validation faces, {summary['frontal']} frontal (|yaw| < {FRONTAL}),"
         f" {summary['side']} side (|yaw| > {SIDE}); {summary['genuine_pairs']} genuine pairs over"
         f" {summary['identities_with_both']} identities, {summary['impostor_pairs']:,} impostor pairs."
-        " Decisions at each variant's published FMR-1e-3 threshold (calibrated on all validation pairs, mostly"
-        " frontal).",
+        " Decisions at each variant's published FMR-1e-3 threshold (calibrated on all validation pairs,"
+        " mostly frontal).",
         "",
         "| variant | TAR at its threshold | FAR at its threshold | balanced accuracy | AUC |",
         "|---|---|---|---|---|",
