@@ -80,9 +80,11 @@ class AreaSampler:
         else:
             integral = cv2.integral(pixels.astype(np.float32), sdepth=cv2.CV_64F)
         self._channels = pixels.shape[2]
-        self._row_stride = integral.shape[1] * self._channels
-        # Flat (pixel-major, channel-minor) so one fancy-index gather yields channel-first output directly.
-        self._flat = integral.reshape(-1)
+        self._dtype = integral.dtype
+        self._row_len = integral.shape[1]
+        # One opaque element per pixel (all channels' sums, e.g. 12 bytes): a gather then moves a pixel per
+        # index instead of a value, so the index arrays are a third the size.
+        self._pixels = integral.reshape(-1).view(f"V{integral.itemsize * self._channels}")
 
     def resize(self, top: int, bottom: int, left: int, right: int, height: int, width: int) -> np.ndarray:
         """Pool image[top:bottom, left:right] to height×width; returns float32 HxWxC."""
@@ -114,22 +116,23 @@ class AreaSampler:
 
         One gather per integral-image corner for all N: R-/O-Net see dozens of candidate boxes per photo, and
         a Python loop of small per-box gathers cost nearly as much as the R-/O-Net runs themselves (profiled:
-        ~5 ms of a 14 ms detection of a 250×250 photo). Indexing the flat integral with channel-first
-        indices gives the networks' NCHW layout without a transpose copy (with int32 sums: 0.93 → 0.48 ms
-        for a 250×250 photo's 28 R-Net crops).
+        ~5 ms of a 14 ms detection of a 250×250 photo). With int32 sums, pixel-wide gathers and the
+        NCHW float32 output written in one cast: 0.93 → 0.33 ms for a 250×250 photo's 28 R-Net crops.
         """
         rows0, rows1 = _bins(top[:, None], bottom[:, None], height)  # (N, height)
         cols0, cols1 = _bins(left[:, None], right[:, None], width)  # (N, width)
-        channel = np.arange(self._channels)[None, :, None, None]
-        r0 = (rows0 * self._row_stride)[:, None, :, None] + channel
-        r1 = (rows1 * self._row_stride)[:, None, :, None] + channel
-        c0 = (cols0 * self._channels)[:, None, None, :]
-        c1 = (cols1 * self._channels)[:, None, None, :]
-        s = self._flat
-        total = (s[r1 + c1] - s[r0 + c1] - s[r1 + c0] + s[r0 + c0]).astype(np.float32)
+        r0, r1 = (rows0 * self._row_len)[:, :, None], (rows1 * self._row_len)[:, :, None]
+        c0, c1 = cols0[:, None, :], cols1[:, None, :]
+
+        def corner(index: np.ndarray) -> np.ndarray:  # (N, h, w) pixel indices → (N, h, w, C) sums
+            return self._pixels.take(index).view(self._dtype).reshape(*index.shape, self._channels)
+
+        total = corner(r1 + c1) - corner(r0 + c1) - corner(r1 + c0) + corner(r0 + c0)
+        out = np.empty((len(top), self._channels, height, width), np.float32)
+        np.copyto(out, total.transpose(0, 3, 1, 2), casting="unsafe")  # NHWC sums → NCHW float32
         area = (rows1 - rows0)[:, None, :, None] * (cols1 - cols0)[:, None, None, :]
-        total /= area.astype(np.float32)
-        return total
+        out /= area.astype(np.float32)
+        return out
 
 
 def _normalise(pixels: np.ndarray) -> np.ndarray:
