@@ -542,7 +542,9 @@ def peer_report(peer: dict) -> list[str]:
         )
     lines += [
         "",
-        f"On the {photos['photos']} deepface photos (tests' e2e set, {smallest} to {largest} px; each "
+        f"On the {photos['photos']} deepface photos of master.csv (the originals in "
+        f"../shared/datasets/e2e/deepface, not the reduced copies in tests/data; {smallest} to {largest} px; "
+        "each "
         "pipeline as its users run it: ours shrinks photos over 1280 px for detection, face_recognition does "
         "not), "
         f"{photos['with_a_face_in_both']} with a face for both, {ours}: median CPU per photo "
