@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import time
@@ -91,6 +92,7 @@ def main() -> None:
     ours = MTCNNDetector.from_store(store, "mtcnn", DetectorConfig(intra_op_threads=1))
 
     images = pick_images(args.lfw, args.n, args.seed)
+    loadavg = [round(x, 2) for x in os.getloadavg()]
     decoded = [decode_image(p.read_bytes(), max_pixels=50_000_000) for p in images]
     for img in decoded[:3]:  # warm-up both
         ours.detect(img)
@@ -138,6 +140,8 @@ def main() -> None:
         "detector": str(store.resolve("mtcnn")),
         "image_size": "250x250 (LFW deep-funneled)",
         "command": f"python bench/detector.py --n {args.n} --seed {args.seed}",
+        "loadavg_before": loadavg,
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "detector.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -145,7 +149,9 @@ def main() -> None:
     (args.out / "detector.md").write_text(
         "# MTCNN detector: ONNX Runtime port vs facenet-pytorch\n\n"
         f"`{result['command']}` — {result['detector']} on {len(images)} random LFW images "
-        f"(seed {args.seed}), 1 CPU thread each.\n\n"
+        f"(seed {args.seed}), 1 CPU thread each, the two detectors interleaved per image; load average "
+        f"{loadavg} before, {result['loadavg_after']} after (2 cores shared with other jobs: the latencies "
+        "are comparable with each other, not with other runs).\n\n"
         "| figure | value |\n|---|---|\n"
         f"| reference faces | {len(matches)} |\n"
         f"| images with a different face count | {len(count_mismatch)} |\n"

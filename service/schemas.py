@@ -162,7 +162,7 @@ class ModelsResponse(BaseModel):
         {
             "default": "squeezefacenet@1",
             "target_fmr": "1e-3",
-            "detector": "mtcnn@2",
+            "detector": "mtcnn@3",
             "variants": [
                 {
                     "ref": "squeezefacenet@1",

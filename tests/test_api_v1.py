@@ -90,7 +90,7 @@ def test_models_listing(client: TestClient, mixed_store: ModelStore) -> None:
     body = client.get("/v1/models").json()
     refs = [v["ref"] for v in body["variants"]]
     assert {"synth-a@1", "synth-b@1"} <= set(refs) and "mtcnn@1" not in refs
-    assert body["detector"] == "mtcnn@2" and body["target_fmr"] == "1e-3"
+    assert body["detector"] == "mtcnn@3" and body["target_fmr"] == "1e-3"
     defaults = [v for v in body["variants"] if v["default"]]
     assert [v["ref"] for v in defaults] == [body["default"]]
     assert defaults[0]["aliases"] == ["default"]
@@ -209,7 +209,7 @@ def test_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     body = client.get("/readyz").json()
     assert body["status"] == "ready" and set(body["checks"].values()) == {"ok"}
-    assert body["detector"] == "mtcnn@2" and body["default_variant"] in body["variants"]
+    assert body["detector"] == "mtcnn@3" and body["default_variant"] in body["variants"]
 
 
 def test_not_ready_without_an_embedder(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ def test_health_and_readiness(tmp_path: Path) -> None:
         assert client.get("/healthz").json() == {"status": "ok"}
         ready = client.get("/readyz")
         body = ready.json()
-        assert body["detector"] == "mtcnn@2"
+        assert body["detector"] == "mtcnn@3"
         assert body["checks"]["detector"] == "ok" and body["checks"]["gallery"] == "ok"
         # Ready exactly when the store's `default` alias names a published embedder.
         assert ready.status_code == (200 if COMMITTED_DEFAULT else 503)

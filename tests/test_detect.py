@@ -114,16 +114,24 @@ def test_batched_box_resize_equals_one_by_one() -> None:
         assert np.array_equal(batched[k], single)
 
 
-def test_relu_form_prelu_is_prelu() -> None:
-    from facenet_pytorch import ONet
+@pytest.mark.parametrize("role", ["pnet", "rnet", "onet"])
+def test_ort_friendly_rewrite_is_the_same_network(role: str) -> None:
+    from facenet_pytorch import ONet, PNet, RNet
 
-    from pruning.mtcnn_export import ReluFormPReLU, replace_prelu
+    from pruning.mtcnn_export import DepthwisePReLU, ReluFormPReLU, ort_friendly
 
-    reference = ONet().eval()  # PReLU after convolutions (maps) and after the dense layer (vectors)
-    rewritten = replace_prelu(ONet().eval())
+    reference = {"pnet": PNet, "rnet": RNet, "onet": ONet}[role]().eval()
+    rewritten = ort_friendly(reference, role)
     assert not any(isinstance(m, torch.nn.PReLU) for m in rewritten.modules())
-    assert sum(isinstance(m, ReluFormPReLU) for m in rewritten.modules()) == 5
-    x = torch.rand(3, 3, 48, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    # maps get the depthwise form, the dense layers' vectors the two-ReLU form
+    forms = [type(m) for m in rewritten.modules() if isinstance(m, DepthwisePReLU | ReluFormPReLU)]
+    dense = {"pnet": 0, "rnet": 1, "onet": 1}[role]
+    assert forms.count(ReluFormPReLU) == dense and forms.count(DepthwisePReLU) == len(forms) - dense >= 3
+    if role == "rnet":
+        assert rewritten.conv1.out_channels == 32 and reference.conv1.out_channels == 28
+    side = {"pnet": 37, "rnet": 24, "onet": 48}[role]
+    x = torch.rand(3, 3, side, side, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x[0, :, :4] = -1.0  # a flat black band: PReLU's negative side on every channel
     with torch.no_grad():
         for a, b in zip(reference(x), rewritten(x), strict=True):
             assert torch.allclose(a, b, atol=1e-6)
