@@ -25,6 +25,7 @@ environment is set (a forked worker would inherit the single-process one).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -54,7 +55,7 @@ if not os.environ.get(MULTIPROC_ENV):
 bind = f"{os.environ.get('FACEVERIFY_HOST', '127.0.0.1')}:{os.environ.get('FACEVERIFY_PORT', '8000')}"
 worker_class = "service.server.GuardedUvicornWorker"
 # A drain delay (readiness 503 while still serving) comes before the usual drain of in-flight requests.
-graceful_timeout = 30 + float(os.environ.get("FACEVERIFY_DRAIN_DELAY_SECONDS") or 0)
+graceful_timeout = 30 + math.ceil(float(os.environ.get("FACEVERIFY_DRAIN_DELAY_SECONDS") or 0))
 # gunicorn's default, kept explicit: uvicorn's access logger writes through it, and raw paths carry user ids.
 # The service writes its own access line (logger service.access) with the route template instead.
 accesslog = None
