@@ -141,11 +141,26 @@ class LoadShedMiddleware:
             return
         self.in_flight += 1
         self.metrics.in_flight.inc()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.in_flight -= 1
+                self.metrics.in_flight.dec()
+
+        async def send_then_release(message: Message) -> None:
+            await send(message)
+            # Released with the answer's last byte, not when the app's stack has unwound: a client that
+            # sends its next request the moment it has the answer must find its place free.
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                release()
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_then_release)
         finally:
-            self.in_flight -= 1
-            self.metrics.in_flight.dec()
+            release()
 
 
 class AbandonOnDisconnectMiddleware:
