@@ -188,17 +188,19 @@ def summary(latencies: list[float]) -> dict[str, float]:
     }
 
 
-async def closed_loop(url: str, body: bytes, concurrency: int, n: int) -> dict:
-    """``concurrency`` clients, each sending the next request as soon as it has an answer (no back-off)."""
+async def closed_loop(url: str, body: bytes, concurrency: int, n: int, seconds: float = 60.0) -> dict:
+    """``concurrency`` clients, each sending the next request as soon as it has an answer (no back-off),
+    until ``n`` requests were sent or ``seconds`` have passed."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     statuses: Counter[int] = Counter()
     accepted: list[float] = []
     retry_after: Counter[str] = Counter()
     tickets = itertools.count()
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120, headers=form_headers()) as client:
+        deadline = time.perf_counter() + seconds
 
         async def worker() -> None:
-            while next(tickets) < n:
+            while next(tickets) < n and time.perf_counter() < deadline:
                 start = time.perf_counter()
                 try:
                     response = await client.post("/v1/verify", content=body)
@@ -231,9 +233,11 @@ async def closed_loop(url: str, body: bytes, concurrency: int, n: int) -> dict:
 # ---- parts ----------------------------------------------------------------------------------------------
 def part_overload(server: Server, args: argparse.Namespace) -> dict:
     body = multipart({"image_a": PHOTO_A.read_bytes(), "image_b": PHOTO_B.read_bytes()})
-    out = {"baseline_c1": asyncio.run(closed_loop(server.url, body, 1, args.overload_n // 4))}
+    seconds = args.level_seconds
+    out = {"baseline_c1": asyncio.run(closed_loop(server.url, body, 1, args.overload_n // 4, seconds / 2))}
     for factor in (4, 16):
-        out[f"x{factor}"] = asyncio.run(closed_loop(server.url, body, factor * WORKERS, args.overload_n))
+        level = closed_loop(server.url, body, factor * WORKERS, args.overload_n, seconds)
+        out[f"x{factor}"] = asyncio.run(level)
         print(f"overload x{factor}", json.dumps(out[f"x{factor}"]))
     return out
 
@@ -241,7 +245,7 @@ def part_overload(server: Server, args: argparse.Namespace) -> dict:
 def part_slow(server: Server, args: argparse.Namespace) -> dict:
     """500 connections trickling a header line every second, while normal verifies are timed."""
     body = multipart({"image_a": PHOTO_A.read_bytes(), "image_b": PHOTO_B.read_bytes()})
-    quiet = asyncio.run(closed_loop(server.url, body, 2, args.slow_n))
+    quiet = asyncio.run(closed_loop(server.url, body, 2, args.slow_n, args.level_seconds / 2))
 
     async def slowloris(count: int, seconds: float) -> dict:
         opened, closed_at = 0, []
@@ -272,7 +276,8 @@ def part_slow(server: Server, args: argparse.Namespace) -> dict:
                 writer.close()
 
         tasks = [asyncio.create_task(one()) for _ in range(count)]
-        loaded = await asyncio.to_thread(asyncio.run, closed_loop(server.url, body, 2, args.slow_n))
+        during = closed_loop(server.url, body, 2, args.slow_n, seconds)
+        loaded = await asyncio.to_thread(asyncio.run, during)
         await asyncio.gather(*tasks)
         return {
             "opened": opened,
@@ -351,18 +356,25 @@ def part_soak(server: Server, args: argparse.Namespace) -> dict:
         tickets = itertools.count()
         start = time.perf_counter()
         async with httpx.AsyncClient(base_url=server.url, timeout=60, headers=form_headers()) as client:
+            deadline = start + args.soak_seconds
 
             async def worker() -> None:
                 nonlocal done
-                while next(tickets) < args.soak_n:
+                while next(tickets) < args.soak_n and time.perf_counter() < deadline:
                     t = time.perf_counter()
                     response = await client.post("/v1/verify", content=body)
                     latencies.append((t - start, time.perf_counter() - t))
                     statuses[response.status_code] += 1
                     done += 1
 
+            finished = asyncio.Event()
+
+            async def load() -> None:
+                await asyncio.gather(*(worker() for _ in range(args.soak_concurrency)))
+                finished.set()
+
             async def sampler() -> None:
-                while done < args.soak_n:
+                while not finished.is_set():
                     samples.append(
                         {
                             "t": round(time.perf_counter() - start, 2),
@@ -370,9 +382,10 @@ def part_soak(server: Server, args: argparse.Namespace) -> dict:
                             "rss_mb": [round(rss_mb(p), 1) for p in server.workers()],
                         }
                     )
-                    await asyncio.sleep(1.0)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(finished.wait(), timeout=1.0)
 
-            await asyncio.gather(sampler(), *(worker() for _ in range(args.soak_concurrency)))
+            await asyncio.gather(sampler(), load())
 
     asyncio.run(run())
     warm = [s for s in samples if s["requests"] >= args.soak_warmup and len(s["rss_mb"]) == WORKERS]
@@ -382,7 +395,7 @@ def part_soak(server: Server, args: argparse.Namespace) -> dict:
         y = np.array([s["rss_mb"][worker] for s in warm], float)
         slopes.append(round(float(np.polyfit(x / 1000, y, 1)[0]), 3) if len(x) > 2 else float("nan"))
     return {
-        "requests": args.soak_n,
+        "requests": done,
         "concurrency": args.soak_concurrency,
         "warmup_requests": args.soak_warmup,
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
@@ -604,6 +617,8 @@ def main() -> None:
     )
     parser.add_argument("--soak-n", type=int, default=10_000)
     parser.add_argument("--soak-concurrency", type=int, default=4)
+    parser.add_argument("--soak-seconds", type=float, default=3600.0)
+    parser.add_argument("--level-seconds", type=float, default=40.0, help="cap of each load level")
     parser.add_argument("--soak-warmup", type=int, default=2000)
     args = parser.parse_args()
 
