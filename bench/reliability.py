@@ -496,9 +496,11 @@ def write_report(results: dict, out: Path) -> None:
         "request). Each part's command and load average are in `reliability.json`.",
         "",
     ]
-    for label in ("before", "after"):
-        run = results.get(label)
-        if not run:
+    notes = results.get("meta", {}).get("notes", [])
+    if notes:
+        lines += ["## Reading these figures", "", *(f"- {note}" for note in notes), ""]
+    for label, run in results.items():
+        if label == "meta" or not run:
             continue
         lines += [f"## {label}", ""]
         if "overload" in run:
@@ -573,7 +575,9 @@ def write_report(results: dict, out: Path) -> None:
 
 
 def plot(results: dict, out: Path) -> None:
-    soak = results.get("after", {}).get("soak", {}).get("result")
+    soak = next(
+        (run["soak"]["result"] for key, run in results.items() if key != "meta" and "soak" in run), None
+    )
     if not soak:
         return
     import matplotlib
@@ -625,8 +629,8 @@ def main() -> None:
     path = args.out / "reliability.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     meta = results.setdefault("meta", {})
-    if args.label != "after":
-        meta[f"{args.label}_commit"] = args.commit or "?"
+    if args.commit:
+        meta["before_commit"] = args.commit
     run = results.setdefault(args.label, {})
     with tempfile.TemporaryDirectory(prefix="faceverify-reliability-") as tmp:
         for part in args.part:
