@@ -362,6 +362,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from service.config import Settings
     from service.main import create_app
+    from service.server import uvicorn_options
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     settings = Settings(**overrides)
@@ -369,7 +370,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # uvicorn's access log prints raw paths, and /v1/users/{user_id} paths carry user ids; the service writes
     # its own access line (logger service.access) with the route template instead.
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,
+        **uvicorn_options(settings),  # header limits and timeouts, as under gunicorn
     )
     return 0
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model_store import DEFAULT_ROOT
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
@@ -43,6 +51,34 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=25_000_000, ge=1)
     max_enroll_images: int = Field(default=10, ge=1)
+    # Files and, separately, text fields one multipart form may carry (parsing stops at the next one).
+    max_form_parts: int = Field(default=32, ge=2)
+    # Decoded pixels of all images of one request together, judged from their headers before any is
+    # decoded: a few kilobytes of uniform PNG can declare 25 MP each, and each megapixel costs CPU time.
+    max_request_pixels: int = Field(default=50_000_000, ge=1)
+    # Images decoded and detected at once in one process (a bounded pool; the rest wait their turn).
+    # None: usable cores // intra_op_threads, at least 1 (gunicorn_conf sets it per worker).
+    image_workers: int | None = Field(default=None, ge=1)
+    # Images over this many pixels are processed one at a time per process: with image_workers at 2, peak
+    # memory stays at about one full-size image plus one of this size (~8.5 bytes a pixel at the peak).
+    large_image_pixels: int = Field(default=12_000_000, ge=1)
+    # Requests (probes and /metrics excepted) handled at once per process; the next one gets
+    # 503 overloaded with Retry-After instead of waiting behind all of them.
+    max_in_flight: int = Field(default=8, ge=1)
+    retry_after_seconds: int = Field(default=1, ge=0)
+    # Request line plus headers of one request; more bytes or more header fields get 431, before the
+    # request reaches the application.
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    max_header_count: int = Field(default=100, ge=1)
+    # Seconds a connection may take to deliver a request's headers (from connect, or from the first byte
+    # of a kept-alive connection's next request); and how long an idle kept-alive connection stays open.
+    header_timeout: float = Field(default=10.0, gt=0)
+    keep_alive_timeout: float = Field(default=5.0, gt=0)
+    # Templates one user may hold per variant (one per enrolled image); enrolling past it is refused.
+    max_templates_per_user: int = Field(default=50, ge=1)
+    # After SIGTERM, keep serving this many seconds with /readyz answering 503 (so a load balancer stops
+    # sending new requests) before the server stops accepting and drains.
+    drain_delay_seconds: float = Field(default=0.0, ge=0)
     identify_top_k: int = Field(default=5, ge=1, le=100)
 
     # When set, every /v1 route requires it in X-API-Key (probes and /metrics stay open for the platform).
@@ -53,3 +89,6 @@ class Settings(BaseSettings):
     @property
     def served_variant_list(self) -> list[str]:
         return [name.strip() for name in self.served_variants.split(",") if name.strip()]
+
+    def image_pool_size(self, cores: int) -> int:
+        return self.image_workers or max(1, cores // self.intra_op_threads)

@@ -70,6 +70,12 @@ class InvalidRequest(DomainError):
     code = "invalid_request"
 
 
+class TooManyTemplates(DomainError):
+    """An enrolment would take a user past ``max_templates_per_user`` templates of a variant."""
+
+    code = "too_many_templates"
+
+
 class NotReady(DomainError):
     """Not the client's fault: no model can serve the request (e.g. the default variant is not published)."""
 

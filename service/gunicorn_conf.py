@@ -9,8 +9,13 @@ Everything comes from the environment, as in the single-process service:
 - ``FACEVERIFY_WORKERS``: worker processes (default: the usable cores);
 - ``FACEVERIFY_INTRA_OP_THREADS``: ONNX Runtime threads per worker (default: cores // workers, at least 1, so
   the workers together do not oversubscribe the cores);
+- ``FACEVERIFY_IMAGE_WORKERS``: images in the pipeline at once per worker (default: cores // (workers ×
+  threads), at least 1);
+- the HTTP limits (header size, count and time, keep-alive) come from the service's Settings through
+  ``service.server.GuardedUvicornWorker``;
 - ``PROMETHEUS_MULTIPROC_DIR``: where the workers write their metric files (default: a new temporary
-  directory). It is emptied when the master starts, because files of an earlier run would be counted again.
+  directory, removed again when the master exits). It is emptied when the master starts, because files of an
+  earlier run would be counted again.
 
 This module is read by the gunicorn master before it forks, so what it puts into ``os.environ`` reaches every
 worker. prometheus-client picks its value class once, at import, so it must not be imported here before the
@@ -20,20 +25,16 @@ environment is set (a forked worker would inherit the single-process one).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from service.config import usable_cores  # no prometheus-client behind it
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # not from service.metrics: that imports prometheus-client
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def threads_per_worker(workers: int, cores: int) -> int:
@@ -42,11 +43,19 @@ def threads_per_worker(workers: int, cores: int) -> int:
 
 workers = int(os.environ.get("FACEVERIFY_WORKERS") or usable_cores())
 os.environ.setdefault("FACEVERIFY_INTRA_OP_THREADS", str(threads_per_worker(workers, usable_cores())))
+os.environ.setdefault(
+    "FACEVERIFY_IMAGE_WORKERS",
+    str(threads_per_worker(workers * int(os.environ["FACEVERIFY_INTRA_OP_THREADS"]), usable_cores())),
+)
+# A directory made here is this server's to remove (on_exit); one given in the environment is the caller's.
+_OWN_METRICS_DIR: str | None = None
 if not os.environ.get(MULTIPROC_ENV):
-    os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="faceverify-metrics-")
+    _OWN_METRICS_DIR = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="faceverify-metrics-")
 
 bind = f"{os.environ.get('FACEVERIFY_HOST', '127.0.0.1')}:{os.environ.get('FACEVERIFY_PORT', '8000')}"
-worker_class = "uvicorn.workers.UvicornWorker"
+worker_class = "service.server.GuardedUvicornWorker"
+# A drain delay (readiness 503 while still serving) comes before the usual drain of in-flight requests.
+graceful_timeout = 30 + math.ceil(float(os.environ.get("FACEVERIFY_DRAIN_DELAY_SECONDS") or 0))
 # gunicorn's default, kept explicit: uvicorn's access logger writes through it, and raw paths carry user ids.
 # The service writes its own access line (logger service.access) with the route template instead.
 accesslog = None
@@ -86,3 +95,9 @@ def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess  # imported late: the environment is set by now
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Master exit: remove the metrics directory if this server made it (a temporary one per start)."""
+    if _OWN_METRICS_DIR is not None:
+        shutil.rmtree(_OWN_METRICS_DIR, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,12 +10,20 @@ from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from service.api import errors
+from service.api.admission import ImageAdmission
 from service.api.deps import require_api_key
-from service.api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from service.api.middleware import (
+    AbandonOnDisconnectMiddleware,
+    BodyLimitMiddleware,
+    LoadShedMiddleware,
+    NoStoreMiddleware,
+    RequestMetricsMiddleware,
+)
 from service.api.routes import API_PREFIX, enroll, health, identify, models, users, verify
-from service.config import Settings
+from service.config import Settings, usable_cores
 from service.metrics import Metrics
 from service.resources import build_resources
+from service.shutdown import Drain
 
 _DESCRIPTION = """\
 Face verification and identification with pruned SqueezeNet face embedders.
@@ -34,10 +43,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Building ONNX sessions takes a moment of CPU; keep the loop free meanwhile.
         resources = await run_in_threadpool(build_resources, settings)
         metrics.set_models(resources.variants.embedders.values(), resources.variants.default_ref)
+        app.state.admission = ImageAdmission(
+            settings.image_pool_size(usable_cores()), settings.large_image_pixels
+        )
+        drain = Drain(settings.drain_delay_seconds)
+        drain.install(asyncio.get_running_loop())
+        app.state.drain = drain
         app.state.resources = resources
         try:
             yield
         finally:
+            drain.uninstall()
             app.state.resources = None
             resources.close()
 
@@ -46,13 +62,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=_DESCRIPTION,
         lifespan=lifespan,
+        form_limits={"max_files": settings.max_form_parts, "max_fields": settings.max_form_parts},
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.resources = None
     errors.install(app)
-    # Added last = outermost: the timing and the access log also see requests the body cap refused.
+    # Added last = outermost: the timing and the access log also see requests that were shed or that the
+    # body cap refused; shedding comes before anything reads the body.
     app.add_middleware(BodyLimitMiddleware, metrics=metrics, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AbandonOnDisconnectMiddleware, metrics=metrics)
+    app.add_middleware(
+        LoadShedMiddleware,
+        metrics=metrics,
+        max_in_flight=settings.max_in_flight,
+        retry_after=settings.retry_after_seconds,
+    )
+    app.add_middleware(NoStoreMiddleware, prefix=API_PREFIX)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, prefix=API_PREFIX)
 
     for module in (verify, identify, enroll, users, models):

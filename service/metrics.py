@@ -80,6 +80,12 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
+        self.in_flight = Gauge(
+            "faceverify_in_flight_requests",
+            "Requests being handled now (probes and /metrics excepted); at max_in_flight a worker sheds.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
         self.model_info = Gauge(
             "faceverify_model_info",
             "Loaded embedding variants (value 1); default=true marks the one used without X-Model-Variant.",

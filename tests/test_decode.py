@@ -193,7 +193,7 @@ def test_32_bit_integer_mode_is_scaled_from_16_bit_range() -> None:
     # Older Pillow opened 16-bit grayscale PNGs as mode "I"; the conversion must handle it the same way.
     img = Image.fromarray(np.array([[0, 100 * 257, 65535, 70000, -5]], dtype=np.int32))
     assert img.mode == "I"
-    out = np.array(decode._to_rgb(img))
+    out = decode._to_rgb_array(img)
     np.testing.assert_array_equal(out[0, :, 0], [0, 100, 255, 255, 0])
 
 

@@ -7,8 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from service.api.admission import ImageAdmission
 from service.config import Settings
-from service.errors import NotReady, Unauthorized
+from service.errors import InvalidRequest, NotReady, Unauthorized
 from service.gallery import Gallery
 from service.inference.embedder import Embedder
 from service.inference.pipeline import FacePipeline
@@ -32,7 +33,15 @@ def get_resources(request: Request) -> Resources:
     return resources
 
 
+def get_admission(request: Request) -> ImageAdmission:
+    admission = getattr(request.app.state, "admission", None)
+    if admission is None:
+        raise NotReady("The service is starting or stopping.")
+    return admission
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+AdmissionDep = Annotated[ImageAdmission, Depends(get_admission)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
@@ -85,3 +94,20 @@ def require_api_key(
     given = (x_api_key or "").encode()
     if not secrets.compare_digest(given, expected.get_secret_value().encode()):
         raise Unauthorized("A valid X-API-Key header is required.")
+
+
+def sent_once(*names: str):  # type: ignore[no-untyped-def]
+    """A route dependency refusing a form that repeats any of ``names`` (422 invalid_request).
+
+    FastAPI would silently keep the last value of a repeated single-valued field; a client that sends two
+    ``image_a`` parts has a bug we should show it, not guess around. The form is parsed once per request
+    (Starlette caches it), so this costs a lookup.
+    """
+
+    async def check(request: Request) -> None:
+        form = await request.form()
+        for name in names:
+            if len(form.getlist(name)) > 1:
+                raise InvalidRequest(f"The field {name} was sent more than once.", field=name)
+
+    return Depends(check)

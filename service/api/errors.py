@@ -6,6 +6,7 @@ library, a path, or request content.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -13,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 from service.errors import DomainError
 from service.schemas import Problem
@@ -27,6 +29,7 @@ STATUS: dict[str, tuple[int, str]] = {
     "unknown_variant": (400, "Unknown model variant"),
     "unauthorized": (401, "Unauthorized"),
     "user_not_found": (404, "User not found"),
+    "too_many_templates": (409, "Too many templates"),
     "image_too_large": (413, "Image too large"),
     "unsupported_format": (415, "Unsupported image format"),
     "no_face_detected": (422, "No face detected"),
@@ -38,6 +41,9 @@ STATUS: dict[str, tuple[int, str]] = {
     "malformed_body": (400, "Malformed request body"),
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),
+    "request_timeout": (408, "Request timeout"),
+    "headers_too_large": (431, "Request header fields too large"),
+    "overloaded": (503, "Overloaded"),
     "internal_error": (500, "Internal error"),
 }
 
@@ -53,6 +59,17 @@ _HTTP_DETAILS = {
 }
 
 
+def problem_body(
+    code: str, detail: str, *, field: str | None = None, extensions: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    status, title = STATUS[code]
+    body = Problem(
+        type=f"urn:faceverify:error:{code}", title=title, status=status, code=code, detail=detail, field=field
+    ).model_dump(exclude_none=True)
+    body.update(extensions or {})
+    return body
+
+
 def problem_response(
     code: str,
     detail: str,
@@ -61,12 +78,26 @@ def problem_response(
     extensions: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
+    body = problem_body(code, detail, field=field, extensions=extensions)
+    return JSONResponse(body, status_code=STATUS[code][0], media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def problem_bytes(code: str, detail: str, headers: dict[str, str] | None = None) -> bytes:
+    """A whole HTTP/1.1 response carrying a problem document, closing the connection.
+
+    For refusals made by the HTTP protocol layer (``service/protocol.py``), before there is an ASGI
+    request to answer through the app.
+    """
     status, title = STATUS[code]
-    body = Problem(
-        type=f"urn:faceverify:error:{code}", title=title, status=status, code=code, detail=detail, field=field
-    ).model_dump(exclude_none=True)
-    body.update(extensions or {})
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+    payload = json.dumps(problem_body(code, detail), separators=(",", ":")).encode()
+    lines = [
+        f"HTTP/1.1 {status} {title}",
+        f"content-type: {PROBLEM_MEDIA_TYPE}",
+        f"content-length: {len(payload)}",
+        "connection: close",
+        *(f"{name}: {value}" for name, value in (headers or {}).items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
 
 
 def _count(request: Request, code: str) -> None:
@@ -87,16 +118,28 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     assert isinstance(exc, RequestValidationError)
     _count(request, "invalid_request")
     # Location and message only: pydantic's "input" member would echo request content back.
-    errors = [
-        {"loc": [str(part) for part in e.get("loc", ())], "msg": str(e.get("msg", ""))} for e in exc.errors()
-    ]
+    errors = [{"loc": [str(part) for part in e.get("loc", ())], "msg": _message(e)} for e in exc.errors()]
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     detail = f"{'.'.join(first['loc']) or 'request'}: {first['msg']}"
     return problem_response("invalid_request", detail, extensions={"errors": errors})
 
 
+def _message(error: Any) -> str:
+    # A custom validator's "Value error, ..." text is the framework's own (it names Python classes:
+    # "Expected UploadFile, received: <class 'str'>"); pydantic's typed messages are client-safe.
+    if error.get("type") == "value_error":
+        return "expected a file upload" if "UploadFile" in str(error.get("msg")) else "invalid value"
+    return str(error.get("msg", ""))
+
+
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    cause = exc.__cause__ or exc.__context__  # Starlette raises it while handling the parser's exception
+    if exc.status_code == 400 and isinstance(cause, MultiPartException) and str(cause).startswith("Too many"):
+        # Every form-parsing failure arrives as one 400; too many parts is a count, not a broken body.
+        _count(request, "invalid_request")
+        parts = request.app.state.settings.max_form_parts
+        return problem_response("invalid_request", f"The form has more than {parts} files or fields.")
     code = _HTTP_CODES.get(exc.status_code)
     if code is None:
         # A status we did not plan for: keep it, but still answer as a problem document without its text.
@@ -120,7 +163,11 @@ async def unhandled_error_handler(request: Request, exc: Exception) -> JSONRespo
     # A bug on our side: the traceback goes to the server log, the client gets nothing of it.
     log.exception("unhandled error on %s %s", request.method, _route_template(request))
     _count(request, "internal_error")
-    return problem_response("internal_error", "The server failed to process the request.")
+    # Starlette re-raises after this answer and uvicorn then drops the connection: say so, rather than
+    # leave the client to meet a reset on its next request.
+    return problem_response(
+        "internal_error", "The server failed to process the request.", headers={"Connection": "close"}
+    )
 
 
 def _route_template(request: Request) -> str:
@@ -137,6 +184,7 @@ def install(app: FastAPI) -> None:
 
 # What a route that takes photos can answer about them.
 IMAGE_ERRORS = (
+    "malformed_body",
     "invalid_image",
     "unsupported_format",
     "image_too_large",
@@ -144,8 +192,8 @@ IMAGE_ERRORS = (
     "face_too_small",
 )
 
-# Any /v1 route can meet these: a malformed parameter, the API key, a process that is not ready.
-_EVERY_V1_ROUTE = ("invalid_request", "unauthorized", "not_ready")
+# Any /v1 route can meet these: a malformed parameter, the API key, a process that is not ready or full.
+_EVERY_V1_ROUTE = ("invalid_request", "unauthorized", "not_ready", "overloaded")
 
 
 def problem_responses(*codes: str) -> dict[int | str, dict[str, Any]]:

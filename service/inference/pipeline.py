@@ -18,7 +18,7 @@ from service.errors import DomainError, FaceTooSmall, MultipleFaces, NoFaceDetec
 from service.inference.embedder import Embedder
 from service.vision.align import align_face
 from service.vision.decode import decode_image
-from service.vision.detect import Face, MTCNNDetector
+from service.vision.detect import Face, MTCNNDetector, shrink_for_detection
 
 # Border added for the second detection pass, as a fraction of the image's shorter side (at least 16 px).
 _RETRY_PAD_FRACTION = 0.2
@@ -121,16 +121,24 @@ class FacePipeline:
         touches the edges, MTCNN's candidate windows would reach outside the image, and it finds nothing.
         Replicating the edge (as alignment's BORDER_REPLICATE does) restores the context; the results are
         shifted back into the original image's coordinates. Costs a second pass only on face-less photos.
+
+        A large photo is shrunk once, here, and both passes run on the small copy: padding the
+        full-resolution image would copy tens of megabytes only to shrink them again.
         """
-        faces = self.detector.detect(image)
-        if faces:
+        small, shrink = shrink_for_detection(image, self.detector.config.max_image_side)
+        faces = self.detector.detect(small)
+        if not faces:
+            pad = max(_MIN_RETRY_PAD_PX, round(_RETRY_PAD_FRACTION * min(small.shape[:2])))
+            padded = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+            offset = np.float32(pad)
+            faces = [
+                Face(box=f.box - offset, score=f.score, landmarks=f.landmarks - offset)
+                for f in self.detector.detect(padded)
+            ]
+        if shrink == 1.0:
             return faces
-        pad = max(_MIN_RETRY_PAD_PX, round(_RETRY_PAD_FRACTION * min(image.shape[:2])))
-        padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        return [
-            Face(box=f.box - np.float32(pad), score=f.score, landmarks=f.landmarks - np.float32(pad))
-            for f in self.detector.detect(padded)
-        ]
+        scale = np.float32(1.0 / shrink)
+        return [Face(box=f.box * scale, score=f.score, landmarks=f.landmarks * scale) for f in faces]
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

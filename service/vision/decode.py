@@ -10,6 +10,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
@@ -82,7 +83,8 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img.load()
-                upright = ImageOps.exif_transpose(img)
+                # In place: without it Pillow returns a full copy even when there is nothing to rotate.
+                ImageOps.exif_transpose(img, in_place=True)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageTooLarge(_msg_too_large(max_pixels)) from exc
         except Exception as exc:
@@ -93,7 +95,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
         # progressive, optimised, with restart markers, or only missing the final EOI marker) fail in
         # load() with OSError, so no extra "must end with FFD9" check is made. Such a check would also
         # refuse valid files that carry data after EOI (Motion Photos append an MP4 there).
-        return _to_rgb_array(upright)
+        return _to_rgb_array(img)
 
 
 def _open(data: bytes) -> Image.Image:
@@ -123,16 +125,54 @@ def _accepted_format(img: Image.Image) -> str:
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
-    return np.ascontiguousarray(np.array(_to_rgb(img), dtype=np.uint8))
+    if img.mode in _SIXTEEN_BIT_MODES:
+        img = Image.fromarray(_sixteen_to_eight(np.asarray(img)))
+    if img.mode == "L" and "transparency" not in img.info:
+        # Grey straight to an RGB array: through Pillow's RGB (4 bytes a pixel) it would take three times
+        # the memory for the same replicated values.
+        return cv2.cvtColor(np.asarray(img), cv2.COLOR_GRAY2RGB)
+    return _rgb_pixels(_to_rgb(img))
+
+
+def _rgb_pixels(rgb: Image.Image) -> np.ndarray:
+    """A writable HxWx3 copy of an RGB image, copied a band of rows at a time.
+
+    ``np.array(image)`` goes through ``tobytes()``: a full-size bytes object and then a full-size copy of
+    it, next to Pillow's own 4-bytes-a-pixel buffer. Bands keep the extra memory to one band.
+    """
+    width, height = rgb.size
+    out = np.empty((height, width, 3), np.uint8)
+    step = max(1, _ROWS_PER_BLOCK_PIXELS // max(1, width))
+    for top in range(0, height, step):
+        bottom = min(height, top + step)
+        out[top:bottom] = np.asarray(rgb.crop((0, top, width, bottom)))
+    return out
+
+
+# 16-bit value → 8-bit value, rounded: round(v * 255 / 65535).
+_SIXTEEN_TO_EIGHT = ((np.arange(65536, dtype=np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+_ROWS_PER_BLOCK_PIXELS = 1 << 20
+
+
+def _sixteen_to_eight(wide: np.ndarray) -> np.ndarray:
+    """Rescale 0..65535 to 0..255 through a lookup table, a block of rows at a time.
+
+    Pillow's convert("L") clips 16-bit values at 255, turning almost every pixel white. Arithmetic on the
+    whole image would need wide temporaries (int64: 8 bytes a pixel, several of them); the table gives the
+    uint8 result directly, and mode "I" (int32, possibly outside 0..65535) is clipped a block at a time.
+    """
+    out = np.empty(wide.shape[:2], np.uint8)
+    step = max(1, _ROWS_PER_BLOCK_PIXELS // max(1, wide.shape[1]))
+    for top in range(0, wide.shape[0], step):
+        block = wide[top : top + step]
+        if block.dtype != np.uint16:
+            block = np.clip(block, 0, 65535).astype(np.uint16)
+        out[top : top + step] = _SIXTEEN_TO_EIGHT[block]
+    return out
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any decoded mode → 8-bit RGB."""
-    if img.mode in _SIXTEEN_BIT_MODES:
-        # Pillow's convert("L") clips 16-bit values at 255, turning almost every pixel white; rescale the
-        # full 0..65535 range to 0..255 with rounding instead.
-        wide = np.asarray(img).astype(np.int64).clip(0, 65535)
-        img = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+    """Any decoded 8-bit mode → 8-bit RGB."""
     if img.mode in _ALPHA_MODES or "transparency" in img.info:
         # Fully transparent pixels carry whatever colour the encoder left there (often black or garbage),
         # so dropping alpha would expose it; compositing over white gives a defined, neutral background.
@@ -142,4 +182,4 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return background
     # Covers L, 1, P without transparency, CMYK (Pillow undoes Adobe's inverted CMYK JPEGs) and RGB.
     # Embedded ICC profiles are not applied; training decodes through this same function.
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")

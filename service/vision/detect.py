@@ -209,6 +209,19 @@ def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
     return out
 
 
+def shrink_for_detection(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]:
+    """``image`` shrunk so that its longer side is at most ``max_side`` (INTER_AREA), and the factor used.
+
+    Each side keeps at least one pixel: a 3000×1 strip would otherwise round to zero rows and make
+    ``cv2.resize`` assert.
+    """
+    if max_side is None or max(image.shape[:2]) <= max_side:
+        return image, 1.0
+    shrink = max_side / max(image.shape[:2])
+    size = (max(1, round(image.shape[1] * shrink)), max(1, round(image.shape[0] * shrink)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), shrink
+
+
 class MTCNNDetector:
     """Three ONNX Runtime sessions plus the cascade logic. Thread-safe: ORT sessions allow concurrent runs."""
 
@@ -232,12 +245,7 @@ class MTCNNDetector:
     # ---- the cascade -------------------------------------------------------------------------------
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
         """All faces in an RGB uint8 image, largest first."""
-        shrink = 1.0
-        limit = self.config.max_image_side
-        if limit is not None and max(image_rgb.shape[:2]) > limit:
-            shrink = limit / max(image_rgb.shape[:2])
-            size = (round(image_rgb.shape[1] * shrink), round(image_rgb.shape[0] * shrink))
-            image_rgb = cv2.resize(image_rgb, size, interpolation=cv2.INTER_AREA)
+        image_rgb, shrink = shrink_for_detection(image_rgb, self.config.max_image_side)
         shape = (image_rgb.shape[0], image_rgb.shape[1])
         sampler = AreaSampler(image_rgb)
 
@@ -341,4 +349,13 @@ class MTCNNDetector:
         return boxes[pick], points[pick]
 
 
-__all__ = ["AreaSampler", "DetectorConfig", "Face", "MTCNNDetector", "area_resize", "nms_min", "nms_union"]
+__all__ = [
+    "AreaSampler",
+    "DetectorConfig",
+    "Face",
+    "MTCNNDetector",
+    "area_resize",
+    "nms_min",
+    "nms_union",
+    "shrink_for_detection",
+]

@@ -7,11 +7,19 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import GalleryDep, MetricsDep, PipelineDep, SettingsDep, VariantsDep
+from service.api.deps import (
+    AdmissionDep,
+    GalleryDep,
+    MetricsDep,
+    PipelineDep,
+    SettingsDep,
+    VariantsDep,
+    sent_once,
+)
 from service.api.errors import IMAGE_ERRORS, problem_responses
 from service.api.routes import API_PREFIX
 from service.api.routes._common import embed_uploads
-from service.errors import InvalidRequest, NotReady
+from service.errors import InvalidRequest, NotReady, TooManyTemplates
 from service.gallery import Template
 from service.inference.variants import gallery_key
 from service.metrics import ALL_VARIANTS
@@ -25,7 +33,8 @@ router = APIRouter(prefix=API_PREFIX, tags=["gallery"])
     summary="Enrol a user from one or more single-face photos",
     status_code=status.HTTP_201_CREATED,
     response_model=EnrollResponse,
-    responses=problem_responses(*IMAGE_ERRORS, "multiple_faces"),
+    dependencies=[sent_once("user_id")],
+    responses=problem_responses(*IMAGE_ERRORS, "multiple_faces", "too_many_templates"),
 )
 async def enroll(
     request: Request,
@@ -33,6 +42,7 @@ async def enroll(
     images: Annotated[list[UploadFile], File(description="One or more photos, each showing one face")],
     variants: VariantsDep,
     pipeline: PipelineDep,
+    admission: AdmissionDep,
     gallery: GalleryDep,
     settings: SettingsDep,
     metrics: MetricsDep,
@@ -43,14 +53,25 @@ async def enroll(
     embedders = list(variants.embedders.values())
     if not embedders:
         raise NotReady("No embedding model is loaded.")
+    # Checked before any image is processed. Two enrolments of one user running at the same moment can
+    # both pass it, so the cap can be overshot by one request's images, never grow without bound.
+    held = max((c.count for c in await run_in_threadpool(gallery.count_templates, user_id)), default=0)
+    if held + len(images) > settings.max_templates_per_user:
+        raise TooManyTemplates(
+            f"A user may hold at most {settings.max_templates_per_user} templates per variant; this one "
+            f"holds {held}. Delete the user to enrol again from scratch.",
+            field="images",
+        )
     # Every variant gets a template from every image, so switching variants later never means comparing
     # templates made by different models. All images are checked before anything is stored: all or nothing.
     results = await embed_uploads(
         pipeline,
+        admission,
         [(f"images[{index}]", upload) for index, upload in enumerate(images)],
         embedders,
         metrics,
         label=ALL_VARIANTS,
+        max_request_pixels=settings.max_request_pixels,
         single_face=True,
     )
     templates = [

@@ -33,6 +33,10 @@ async def readyz(request: Request) -> JSONResponse:
     if resources is None:
         body = Readiness(status="not_ready", checks={"models": "not loaded"})
         return JSONResponse(body.model_dump(), status_code=503)
+    drain = getattr(request.app.state, "drain", None)
+    if drain is not None and drain.draining:
+        body = Readiness(status="not_ready", checks={"shutdown": "draining"})
+        return JSONResponse(body.model_dump(), status_code=503)
     registry = resources.variants
     checks = {
         "detector": "ok",
@@ -54,6 +58,11 @@ async def readyz(request: Request) -> JSONResponse:
         variants=list(registry.embedders),
     )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+# HEAD too (load balancers and uptime checkers often probe with it); one operation each in the OpenAPI.
+router.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+router.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -8,7 +8,15 @@ from typing import Annotated
 from fastapi import APIRouter, File, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import EmbedderDep, GalleryDep, MetricsDep, PipelineDep, SettingsDep
+from service.api.deps import (
+    AdmissionDep,
+    EmbedderDep,
+    GalleryDep,
+    MetricsDep,
+    PipelineDep,
+    SettingsDep,
+    sent_once,
+)
 from service.api.errors import IMAGE_ERRORS, problem_responses
 from service.api.routes import API_PREFIX
 from service.api.routes._common import embed_uploads
@@ -22,18 +30,28 @@ router = APIRouter(prefix=API_PREFIX, tags=["gallery"])
     "/identify",
     summary="Find enrolled users matching the largest face of a photo",
     response_model=IdentifyResponse,
+    dependencies=[sent_once("image")],
     responses=problem_responses(*IMAGE_ERRORS, "unknown_variant"),
 )
 async def identify(
     image: Annotated[UploadFile, File(description="JPEG, PNG or WebP photo")],
     embedder: EmbedderDep,
     pipeline: PipelineDep,
+    admission: AdmissionDep,
     gallery: GalleryDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     top_k: Annotated[int | None, Query(ge=1, le=100, description="At most this many users")] = None,
 ) -> IdentifyResponse:
-    (result,) = await embed_uploads(pipeline, [("image", image)], [embedder], metrics, label=embedder.ref)
+    (result,) = await embed_uploads(
+        pipeline,
+        admission,
+        [("image", image)],
+        [embedder],
+        metrics,
+        label=embedder.ref,
+        max_request_pixels=settings.max_request_pixels,
+    )
     threshold = embedder.threshold(settings.target_fmr)
     start = time.perf_counter()
     matches = await run_in_threadpool(

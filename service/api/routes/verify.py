@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
 
-from service.api.deps import EmbedderDep, MetricsDep, PipelineDep, SettingsDep
+from service.api.deps import AdmissionDep, EmbedderDep, MetricsDep, PipelineDep, SettingsDep, sent_once
 from service.api.errors import IMAGE_ERRORS, problem_responses
 from service.api.routes import API_PREFIX
 from service.api.routes._common import embed_uploads
@@ -21,6 +21,7 @@ router = APIRouter(prefix=API_PREFIX, tags=["faces"])
     "/verify",
     summary="Compare the largest face of two photos",
     response_model=VerifyResponse,
+    dependencies=[sent_once("image_a", "image_b")],
     responses=problem_responses(*IMAGE_ERRORS, "unknown_variant"),
 )
 async def verify(
@@ -28,11 +29,18 @@ async def verify(
     image_b: Annotated[UploadFile, File(description="JPEG, PNG or WebP photo")],
     embedder: EmbedderDep,
     pipeline: PipelineDep,
+    admission: AdmissionDep,
     settings: SettingsDep,
     metrics: MetricsDep,
 ) -> VerifyResponse:
     a, b = await embed_uploads(
-        pipeline, [("image_a", image_a), ("image_b", image_b)], [embedder], metrics, label=embedder.ref
+        pipeline,
+        admission,
+        [("image_a", image_a), ("image_b", image_b)],
+        [embedder],
+        metrics,
+        label=embedder.ref,
+        max_request_pixels=settings.max_request_pixels,
     )
     start = time.perf_counter()
     score = cosine(a.embeddings[embedder.ref], b.embeddings[embedder.ref])
