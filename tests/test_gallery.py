@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -192,6 +193,9 @@ def test_concurrent_enrol_and_delete_of_one_user(opener: Opener) -> None:
     def delete() -> None:
         while not stop.is_set():
             deleted.append((one if len(deleted) % 2 else two).delete_user("eve"))
+            # A pause, as between real requests: a writer re-taking SQLite's lock in a tight loop starves
+            # the others past their busy timeout (its waiters poll with back-off; there is no queue).
+            time.sleep(0.005)
 
     deleter = threading.Thread(target=delete)
     deleter.start()

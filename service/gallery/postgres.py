@@ -126,7 +126,8 @@ class PostgresGallery:
                 rows.append((user_id, variant.id, template.model_ref, vector))
             with conn.transaction(), conn.cursor() as cur:
                 cur.executemany(
-                    "INSERT INTO templates (user_id, variant_id, model_ref, embedding) VALUES (%s, %s, %s, %s)",
+                    "INSERT INTO templates (user_id, variant_id, model_ref, embedding)"
+                    " VALUES (%s, %s, %s, %s)",
                     rows,
                 )
         return len(rows)
