@@ -341,3 +341,40 @@ def test_postgres_search_uses_the_hnsw_index_and_agrees_with_exact(postgres_serv
     finally:
         hnsw.close()
         exact.close()
+
+
+def test_sqlite_cache_appends_enrolments_and_rebuilds_after_deletions(tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    writer, reader = SQLiteGallery(tmp_path / "g.db"), SQLiteGallery(tmp_path / "g.db")
+    try:
+        people = {f"p{i}": unit(rng) for i in range(50)}
+        for user, v in people.items():
+            writer.add_templates(user, [Template(A, "s@1", v)])
+        probe = near(people["p3"], rng)
+        reader.search(A, probe, 3)
+        base = reader._cache[A]
+        # an existing user's second template and a new user: read as a tail, the base arrays untouched
+        writer.add_templates("p3", [Template(A, "s@1", probe)])
+        writer.add_templates("newcomer", [Template(A, "s@1", near(probe, rng, 0.05))])
+        assert [m.user_id for m in reader.search(A, probe, 2)] == ["p3", "newcomer"]
+        grown = reader._cache[A]
+        assert grown.embeddings is base.embeddings and grown.tail.shape[0] == 2
+        assert base.tail.shape[0] == 0 and len(base.users) == 50  # the old matrix was not mutated
+        # many more enrolments: past the tail limit the matrix is compacted, results unchanged
+        for i in range(11):
+            writer.add_templates(f"bulk{i % 3}", [Template(A, "s@1", unit(rng)) for _ in range(100)])
+            reader.search(A, probe, 1)
+        fresh = SQLiteGallery(tmp_path / "g.db")
+        try:
+            for v in (probe, *list(people.values())[:10]):
+                assert reader.search(A, v, 10) == fresh.search(A, v, 10)
+        finally:
+            fresh.close()
+        assert reader._cache[A].tail.shape[0] < 1100
+        # a deletion: the next search re-reads the variant (the user's rows in base and tail are gone)
+        writer.delete_user("p3")
+        assert "p3" not in [m.user_id for m in reader.search(A, probe, 100)]
+        assert reader._cache[A].tail.shape[0] == 0
+    finally:
+        writer.close()
+        reader.close()
