@@ -206,17 +206,17 @@ def fill_sqlite(path: Path, key: VariantKey, ref: str, faces: dict, noise: np.nd
     return time.perf_counter() - start
 
 
-def fill_postgres(url: str, key: VariantKey, ref: str, faces: dict, noise: np.ndarray) -> dict:
-    """Load by COPY, then build the variant's HNSW index once (faster than growing it row by row); the index
-    is the gallery's own definition. Returns the load and build times."""
+def fill_postgres(url: str, key: VariantKey, ref: str, noise: np.ndarray) -> dict:
+    """The synthetic templates by COPY, then the variant's HNSW index built once (faster than growing it row
+    by row); the index is the gallery's own definition. Returns the load and build times."""
     import psycopg
     from pgvector.psycopg import register_vector
 
     from service.gallery.postgres import _create_index
 
-    gallery = PostgresGallery(url)
+    gallery = PostgresGallery(url)  # migrations, and the variant with its index, as the service makes them
     try:
-        gallery.add_templates(str(faces["users"][0]), [Template(key, ref, faces["gallery"][0])])
+        gallery.add_templates("synthetic-0000000", [Template(key, ref, np.asarray(noise[0]))])
     finally:
         gallery.close()
     with psycopg.connect(url, autocommit=True) as conn:
@@ -230,16 +230,40 @@ def fill_postgres(url: str, key: VariantKey, ref: str, faces: dict, noise: np.nd
             "COPY templates (user_id, variant_id, model_ref, embedding) FROM STDIN WITH (FORMAT BINARY)"
         ) as copy:
             copy.set_types(["text", "int4", "text", "vector"])
-            for user, e in zip(faces["users"][1:], faces["gallery"][1:], strict=True):
-                copy.write_row((str(user), variant_id, ref, e))
-            for i in range(noise.shape[0]):
+            for i in range(1, noise.shape[0]):
                 copy.write_row((f"synthetic-{i:07d}", variant_id, ref, noise[i]))
         conn.execute("ANALYZE templates")
         load = time.perf_counter() - start
+        print(f"  loaded {noise.shape[0]} rows in {load:.0f} s; building the HNSW index", flush=True)
         start = time.perf_counter()
         conn.execute(_create_index(variant_id, dim))
         build = time.perf_counter() - start
     return {"load_s": load, "index_build_s": build}
+
+
+def plant_postgres(url: str, key: VariantKey, ref: str, faces: dict) -> None:
+    """The real templates, enrolled through the gallery (one transaction each, through the index)."""
+    gallery = PostgresGallery(url)
+    try:
+        if gallery.count_templates(str(faces["users"][0])):
+            return
+        for user, e in zip(faces["users"], faces["gallery"], strict=True):
+            gallery.add_templates(str(user), [Template(key, ref, e)])
+    finally:
+        gallery.close()
+
+
+def variant_key() -> tuple[VariantKey, str, int]:
+    """The default variant's gallery key, reference and dimension (read from the store, nothing embedded)."""
+    from model_store import ModelStore
+    from service.config import Settings
+    from service.inference.embedder import Embedder
+    from service.inference.variants import gallery_key
+
+    settings = Settings()
+    store = ModelStore(settings.store_path)
+    embedder = Embedder.from_store(store, str(store.resolve(settings.default_variant)))
+    return gallery_key(embedder), embedder.ref, embedder.manifest.output.embedding_dim
 
 
 def postgres_complete(pg: PostgresServer, db: str, size: int) -> bool:
@@ -250,7 +274,7 @@ def postgres_complete(pg: PostgresServer, db: str, size: int) -> bool:
         index = pg.psql("SELECT 1 FROM pg_indexes WHERE indexname LIKE 'templates_hnsw_%'", db).strip()
     except subprocess.CalledProcessError:
         return False
-    return rows == size and index == "1"
+    return rows >= size and index == "1"
 
 
 # ---- one measurement, in a fresh process (its RSS is one API process's gallery share) ------------------
@@ -431,8 +455,9 @@ def write_report(result: dict, out: Path) -> None:
         f"ef_construction={env['hnsw_ef_construction']}, candidates (ef_search) {env['candidates']}; "
         f"variant {result['variant']}, {result['dim']}-D).",
         "",
-        f"Real faces planted: {result['planted']} enrolled identities ({result['probes']} probes: e2e people "
-        f"and LFW identities); the rest of each gallery is synthetic unit vectors, one user each. Identify "
+        f"Each gallery holds N synthetic unit vectors (one user each) plus the real faces planted among "
+        f"them: {result['planted']} enrolled identities ({result['probes']} probes: e2e people "
+        f"and LFW identities). Identify "
         f"is `Gallery.search` alone (top 5), the match stage of /v1/identify; enrolment is one template per "
         f"durable transaction, sequential. Memory is the RSS growth of a fresh process that opened the "
         f"gallery and searched it once (the API process's gallery share; models come on top). Threshold for "
@@ -448,7 +473,7 @@ def write_report(result: dict, out: Path) -> None:
     for r in sorted(rows, key=lambda r: (r["size"], backends.index(r["backend"]))):
         rec = "" if "recall_at_1" not in r else f"{r['recall_at_1']:.4f} / {r['recall_at_1_passing']:.4f}"
         lines.append(
-            f"| {labels[r['backend']]} | {r['size']:,} | {r['identify_p50_ms']:.2f} | "
+            f"| {labels[r['backend']]} | {r['size']:,} + {result['planted']} | {r['identify_p50_ms']:.2f} | "
             f"{r['identify_p99_ms']:.2f} | {r['enrol_per_s']:.0f} | {r['enrol_p50_ms']:.2f} | "
             f"{r['first_search_after_enrol_p50_ms']:.2f} / "
             f"{r['first_search_after_enrol_max_ms']:.2f} | {r['first_search_after_delete_ms']:.1f} | "
@@ -492,6 +517,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--out", type=Path, default=ROOT / "reports")
+    parser.add_argument("--prepare", action="store_true", help="only load PostgreSQL and build its indexes")
     parser.add_argument("--no-pause", action="store_true", help="do not pause the background jobs (trials)")
     parser.add_argument("--pg-dir", type=Path, default=Path("/var/tmp/faceverify-bench-gallery-pg"))
     parser.add_argument("--lfw-identities", type=int, default=500)
@@ -512,6 +538,24 @@ def main() -> None:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     loadavg = os.getloadavg()
+    if args.prepare:  # the PostgreSQL loads and index builds alone (they need no real faces)
+        key, ref, dim = variant_key()
+        pg = PostgresServer(root=args.pg_dir, settings=PG_SETTINGS, port=0).start()
+        try:
+            builds = work / "builds.json"
+            done = json.loads(builds.read_text()) if builds.exists() else {}
+            for size in args.sizes:
+                db = f"g{size}"
+                if not postgres_complete(pg, db, size):
+                    pg.psql(f"DROP DATABASE IF EXISTS {db}", "postgres")
+                    pg.psql(f"CREATE DATABASE {db}", "postgres")
+                    print(f"{size}: filling PostgreSQL", flush=True)
+                    done[str(size)] = fill_postgres(pg.url(db), key, ref, synthetic(work, size, dim))
+                    builds.write_text(json.dumps(done))
+                    print(f"{size}: {done[str(size)]}", flush=True)
+        finally:
+            pg.stop(delete=False)
+        return
     faces = real_faces(work, args.lfw_identities)
     faces_path = work / f"real-faces-{args.lfw_identities}.npz"
     key = VariantKey(str(faces["name"]), str(faces["sha256"]))
@@ -525,7 +569,7 @@ def main() -> None:
     pg = PostgresServer(root=args.pg_dir, settings=PG_SETTINGS, port=0).start()
     try:
         for size in args.sizes:
-            noise = synthetic(work, size - planted, dim)
+            noise = synthetic(work, size, dim)
             # exact ground truth (numpy, float64): top-1 user per probe among planted + synthetic
             scores_real = faces["probes"].astype(np.float64) @ faces["gallery"].astype(np.float64).T
             best_real = scores_real.max(axis=1)
@@ -556,7 +600,10 @@ def main() -> None:
                 pg.psql(f"DROP DATABASE IF EXISTS {db}", "postgres")
                 pg.psql(f"CREATE DATABASE {db}", "postgres")
                 print(f"{size}: filling PostgreSQL", flush=True)
-                build.update(fill_postgres(pg.url(db), key, ref, faces, noise))
+                build.update(fill_postgres(pg.url(db), key, ref, noise))
+            elif (work / "builds.json").exists():  # built by --prepare
+                build.update(json.loads((work / "builds.json").read_text()).get(str(size), {}))
+            plant_postgres(pg.url(db), key, ref, faces)
             build["table_mb"] = int(pg.psql("SELECT pg_table_size('templates')", db)) / 2**20
             build["index_mb"] = (
                 int(

