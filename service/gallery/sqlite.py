@@ -201,10 +201,11 @@ class SQLiteGallery:
                 if cached is not None and cached.deletions == deletions:
                     # Only enrolments since: their ids are larger (writes are serialised, ids only grow
                     # while nothing is deleted), so read just those.
+                    # The unary + keeps SQLite on the rowid range instead of the variant's whole index.
                     rows = conn.execute(
                         "SELECT id, user_id, dim, embedding FROM templates"
-                        " WHERE variant = ? AND model_sha256 = ? AND id > ? ORDER BY id",
-                        (key.name, key.sha256, cached.last_id),
+                        " WHERE id > ? AND +variant = ? AND +model_sha256 = ? ORDER BY id",
+                        (cached.last_id, key.name, key.sha256),
                     ).fetchall()
                     matrix = _extend(cached, generation, rows)
                 else:
