@@ -333,6 +333,14 @@ def test_postgres_search_uses_the_hnsw_index_and_agrees_with_exact(postgres_serv
         plan = hnsw.explain(A, people[0], 5)
         assert "templates_hnsw_1" in plan, plan
         assert "templates_hnsw_1" not in exact.explain(A, people[0], 5)
+        # more users asked for than the index hands over by default: it is asked for more
+        few = PostgresGallery(url, PostgresOptions(candidates=10))
+        try:
+            wide = few.search(A, people[5], 60)
+            assert len(wide) == 60 and len({m.user_id for m in wide}) == 60
+            assert wide[:3] == hnsw.search(A, people[5], 60)[:3]  # approximate further down
+        finally:
+            few.close()
         for i, v in enumerate(people):
             probe = near(v, rng)
             got, want = hnsw.search(A, probe, 5), exact.search(A, probe, 5)

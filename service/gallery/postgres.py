@@ -76,6 +76,9 @@ class PostgresGallery:
 
     def _configure(self, conn: psycopg.Connection) -> None:
         register_vector(conn)  # numpy arrays in and out as pgvector's binary format
+        if self.options.search == "hnsw":
+            # Once per connection, so that a search is one statement (one round trip) in autocommit.
+            conn.execute(_hnsw_settings(self.options.candidates, scope="SESSION"))
 
     # ---- variants ----------------------------------------------------------------------------------
     def _lookup(self, conn: psycopg.Connection, key: VariantKey) -> _Variant | None:
@@ -161,9 +164,13 @@ class PostgresGallery:
                 rows = conn.execute(_exact_query(variant), params).fetchall()
             else:
                 candidates = max(self.options.candidates, top_k)
-                with conn.transaction():
-                    conn.execute(_hnsw_settings(candidates))
-                    rows = conn.execute(_hnsw_query(variant), {**params, "candidates": candidates}).fetchall()
+                statement = _hnsw_query(variant)
+                if candidates == self.options.candidates:
+                    rows = conn.execute(statement, {**params, "candidates": candidates}).fetchall()
+                else:  # more than the session's ef_search: raise it for this transaction only
+                    with conn.transaction():
+                        conn.execute(_hnsw_settings(candidates, scope="LOCAL"))
+                        rows = conn.execute(statement, {**params, "candidates": candidates}).fetchall()
         return [Match(user_id, float(score)) for user_id, score in rows]
 
     def explain(self, key: VariantKey, embedding: np.ndarray, top_k: int) -> str:
@@ -175,10 +182,7 @@ class PostgresGallery:
                 raise KeyError(key)
             statement = _exact_query(variant) if self.options.search == "exact" else _hnsw_query(variant)
             params = {"query": query, "k": top_k, "candidates": self.options.candidates}
-            with conn.transaction():
-                if self.options.search == "hnsw":
-                    conn.execute(_hnsw_settings(self.options.candidates))
-                rows = conn.execute(sql.SQL("EXPLAIN ") + statement, params).fetchall()
+            rows = conn.execute(sql.SQL("EXPLAIN ") + statement, params).fetchall()
         return "\n".join(row[0] for row in rows)
 
     def ping(self) -> None:
@@ -208,13 +212,15 @@ def _create_index(variant_id: int, dim: int) -> sql.Composed:
     )
 
 
-def _hnsw_settings(candidates: int) -> sql.Composed:
-    # For this transaction only. The index returns at most hnsw.ef_search rows, so it is the candidate count.
-    # On a small table the planner prefers a scan and a sort (cheaper by its estimate, and exact); "hnsw"
-    # is a deliberate choice of the index, so the scans that would bypass it are switched off.
+def _hnsw_settings(candidates: int, scope: Literal["SESSION", "LOCAL"]) -> sql.Composed:
+    # The index returns at most hnsw.ef_search rows, so it is the candidate count. On a small table the
+    # planner prefers a scan and a sort (cheaper by its estimate, and exact); "hnsw" is a deliberate choice
+    # of the index, so the scans that would bypass it are switched off. The gallery's other statements
+    # (by user id, by variant key) have btree index paths and do not need either.
     return sql.SQL(
-        "SET LOCAL hnsw.ef_search = {ef}; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off"
-    ).format(ef=sql.Literal(candidates))
+        "SET {scope} hnsw.ef_search = {ef}; SET {scope} enable_seqscan = off;"
+        " SET {scope} enable_bitmapscan = off"
+    ).format(scope=sql.SQL(scope), ef=sql.Literal(candidates))
 
 
 def _hnsw_query(variant: _Variant) -> sql.Composed:
