@@ -59,6 +59,7 @@ class PostgresServer:
     _user: pwd.struct_passwd | None = field(init=False, default=None)
     _bin: Path = field(init=False)
     _own_folder: bool = field(init=False, default=False)
+    _attached: bool = field(init=False, default=False)
 
     @property
     def data(self) -> Path:
@@ -99,6 +100,8 @@ class PostgresServer:
                 if not copy.exists():
                     shutil.copytree(install, copy, symlinks=True)
                 self._bin = copy / "bin"
+        if self._attach():
+            return self
         if not (self.data / "PG_VERSION").exists():
             self._run(
                 str(self._bin / "initdb"),
@@ -127,6 +130,21 @@ class PostgresServer:
         if exists.strip() != "1":
             self.psql("CREATE DATABASE faceverify", database="postgres")
         return self
+
+    def _attach(self) -> bool:
+        """Use a server already running on this data folder (a benchmark's long index build, say)."""
+        pid_file = self.data / "postmaster.pid"
+        if not pid_file.exists():
+            return False
+        lines = pid_file.read_text().splitlines()
+        try:
+            os.kill(int(lines[0]), 0)
+        except (OSError, ValueError, IndexError):
+            return False
+        self.port = int(lines[3])
+        self._attached = True
+        self._wait_ready()
+        return True
 
     def psql(self, command: str, database: str = "faceverify") -> str:
         return self._run(
@@ -157,6 +175,8 @@ class PostgresServer:
                 time.sleep(0.1)
 
     def stop(self, *, delete: bool = True) -> None:
+        if self._attached:
+            return  # its owner stops it
         if (self.data / "postmaster.pid").exists():
             # A server about to be deleted skips the shutdown checkpoint (tens of seconds with fsync on).
             mode = "immediate" if delete and self._own_folder else "fast"
