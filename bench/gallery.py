@@ -451,7 +451,8 @@ def write_report(result: dict, out: Path) -> None:
     lines = [
         "# Gallery backends against gallery size",
         "",
-        f"`{result['command']}` ({env['cpus']} CPUs, load average before the run {env['loadavg_before']}; "
+        " then ".join(f"`{c}`" for c in result["commands"])
+        + f" ({env['cpus']} CPUs, load average before the run {env['loadavg_before']}; "
         f"PostgreSQL {env['postgres']} with pgvector {env['pgvector']}, HNSW m={env['hnsw_m']}, "
         f"ef_construction={env['hnsw_ef_construction']}, candidates (ef_search) {env['candidates']}; "
         f"variant {result['variant']}, {result['dim']}-D).",
@@ -571,6 +572,7 @@ def main() -> None:
     result = json.loads(previous.read_text()) if previous.exists() else {"rows": [], "builds": {}}
     # The data folder must be reachable by the unprivileged server user (not under /root).
     pg = PostgresServer(root=args.pg_dir, settings=PG_SETTINGS, port=0).start()
+    prepared = []
     try:
         for size in args.sizes:
             noise = synthetic(work, size, dim)
@@ -621,8 +623,11 @@ def main() -> None:
             )
             pg.psql("VACUUM ANALYZE templates", db)
             print(f"{size}: {build}", flush=True)
-            result["rows"] = [r for r in result["rows"] if r["size"] != size]
-            with paused(f"{size} templates", not args.no_pause):
+            prepared.append((size, sqlite_path, db, truth, passing))
+        # One measured window for every size of this run (bg-pause windows are few and shared).
+        with paused(f"sizes {args.sizes}", not args.no_pause):
+            for size, sqlite_path, db, truth, passing in prepared:
+                result["rows"] = [r for r in result["rows"] if r["size"] != size]
                 for backend in args.backends:
                     target = str(sqlite_path) if backend == "sqlite" else pg.url(db)
                     row = run_worker(
@@ -649,9 +654,11 @@ def main() -> None:
                         flush=True,
                     )
                     result["rows"].append(row)
-            previous.write_text(json.dumps(result))
+                previous.write_text(json.dumps(result))
+        command = "python bench/gallery.py " + " ".join(sys.argv[1:])
+        result["commands"] = [*(c for c in result.get("commands", []) if c != command), command]
         result.update(
-            command="python bench/gallery.py " + " ".join(sys.argv[1:]),
+            command=command,
             variant=ref,
             dim=dim,
             planted=planted,
