@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from service.gallery.base import Match, Template, TemplateCount, VariantKey
 
@@ -87,6 +88,7 @@ class SQLiteGallery:
         self._connections_lock = threading.Lock()
         self._cache: dict[VariantKey, _Matrix] = {}
         self._cache_lock = threading.Lock()
+        self._blas = ThreadpoolController()
         conn = self._conn()
         conn.execute("PRAGMA journal_mode=WAL")  # persistent: recorded in the database file
         conn.executescript(_SCHEMA)
@@ -166,7 +168,11 @@ class SQLiteGallery:
         dim = matrix.embeddings.shape[1] if matrix.embeddings.shape[0] else matrix.tail.shape[1]
         if query.size != dim:
             raise ValueError(f"query has {query.size} dimensions, templates have {dim}")
-        best = matrix.best_per_user(query)
+        # One BLAS thread: the matrix-vector product is memory-bound, and OpenBLAS's own threads on cores
+        # that the workers and ONNX Runtime already keep busy turn 0.2 ms into tens of ms at 10k templates
+        # (reports/gallery.md).
+        with self._blas.limit(limits=1, user_api="blas"):
+            best = matrix.best_per_user(query)
         k = min(top_k, best.size)
         top = np.argpartition(-best, k - 1)[:k]
         top = top[np.argsort(-best[top], kind="stable")]
