@@ -283,6 +283,30 @@ def postgres_complete(pg: PostgresServer, db: str, size: int) -> bool:
 
 
 # ---- one measurement, in a fresh process (its RSS is one API process's gallery share) ------------------
+def sweep(target: str, faces_path: Path, size: int, candidates: int) -> dict:
+    """HNSW with another candidate count (hnsw.ef_search): every probe once, latency and top-1 users."""
+    faces = dict(np.load(faces_path, allow_pickle=False))
+    key = VariantKey(str(faces["name"]), str(faces["sha256"]))
+    gallery = PostgresGallery(target, PostgresOptions(candidates=candidates, pool_size=1))
+    try:
+        gallery.search(key, faces["probes"][0], 5)
+        times, top1 = [], []
+        for probe in faces["probes"]:
+            t = time.perf_counter()
+            matches = gallery.search(key, probe, 5)
+            times.append(time.perf_counter() - t)
+            top1.append(matches[0].user_id if matches else "")
+    finally:
+        gallery.close()
+    return {
+        "size": size,
+        "candidates": candidates,
+        "identify_p50_ms": 1e3 * statistics.median(times),
+        "identify_p99_ms": 1e3 * percentile(times, 99),
+        "top1": top1,
+    }
+
+
 def measure(backend: str, target: str, faces_path: Path, size: int, searches: int, enrolments: int) -> dict:
     faces = dict(np.load(faces_path, allow_pickle=False))
     key = VariantKey(str(faces["name"]), str(faces["sha256"]))
@@ -503,6 +527,21 @@ def write_report(result: dict, out: Path) -> None:
             + " | ".join(f"{c:.0f}" for c in sizes_mb)
             + " |"
         )
+    if result.get("sweep"):
+        lines += [
+            "",
+            "PostgreSQL HNSW against the candidate count (`FACEVERIFY_GALLERY_HNSW_CANDIDATES`, hnsw.ef_search), "
+            "every probe once:",
+            "",
+            "| templates | candidates | identify p50 ms | p99 ms | recall@1 (all / passing) | background jobs |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in sorted(result["sweep"], key=lambda r: (r["size"], r["candidates"])):
+            lines.append(
+                f"| {r['size']:,} + {result['planted']} | {r['candidates']} | {r['identify_p50_ms']:.2f} | "
+                f"{r['identify_p99_ms']:.2f} | {r['recall_at_1']:.4f} / {r['recall_at_1_passing']:.4f} | "
+                f"{'paused' if r['paused'] else 'running (latency inflated)'} |"
+            )
     for r in rows:
         if "write_per_second" in r:
             w = r["write_per_second"]
@@ -527,6 +566,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--out", type=Path, default=ROOT / "reports")
+    parser.add_argument("--sweep", type=int, nargs="*", default=[], help="HNSW candidate counts to try")
     parser.add_argument("--prepare", action="store_true", help="only load PostgreSQL and build its indexes")
     parser.add_argument("--no-pause", action="store_true", help="do not pause the background jobs (trials)")
     parser.add_argument("--pg-dir", type=Path, default=Path("/var/tmp/faceverify-bench-gallery-pg"))
@@ -543,6 +583,11 @@ def main() -> None:
         "--worker", nargs=6, metavar=("BACKEND", "TARGET", "FACES", "SIZE", "SEARCHES", "ENROLMENTS")
     )
     args = parser.parse_args()
+    if args.worker and args.worker[0].startswith("sweep:"):
+        _, target, faces, size, _, _ = args.worker
+        candidates = int(args.worker[0].split(":")[1])
+        print(json.dumps(sweep(target, Path(faces), int(size), candidates)))
+        return
     if args.worker:
         backend, target, faces, size, searches, enrolments = args.worker
         print(json.dumps(measure(backend, target, Path(faces), int(size), int(searches), int(enrolments))))
@@ -634,13 +679,37 @@ def main() -> None:
             pg.psql("VACUUM ANALYZE templates", db)
             print(f"{size}: {build}", flush=True)
             prepared.append((size, sqlite_path, db, truth, passing))
+        if args.sweep:  # recall against the candidate count; latency only indicative unless paused
+            with paused(f"sweep {args.sweep}", not args.no_pause):
+                for size, _, db, truth, passing in prepared:
+                    for candidates in args.sweep:
+                        row = run_worker(
+                            ["sweep:%d" % candidates, pg.url(db), str(faces_path), str(size), "0", "0"]
+                        )
+                        top1 = row.pop("top1")
+                        row["recall_at_1"] = recall(top1, truth)
+                        row["recall_at_1_passing"] = recall(
+                            [t for t, p in zip(top1, passing, strict=True) if p],
+                            [t for t, p in zip(truth, passing, strict=True) if p],
+                        )
+                        row["paused"] = not args.no_pause
+                        print(f"  sweep: {json.dumps(row)}", flush=True)
+                        result["sweep"] = [
+                            r
+                            for r in result.get("sweep", [])
+                            if (r["size"], r["candidates"]) != (size, candidates)
+                        ] + [row]
+                        previous.write_text(json.dumps(result))
+            args.backends = []
         # One measured window for every size of this run (bg-pause windows are few and shared).
-        with paused(f"sizes {args.sizes}", not args.no_pause):
+        with paused(f"sizes {args.sizes}", not args.no_pause and bool(args.backends)):
             for size, sqlite_path, db, truth, passing in prepared:
-                result["rows"] = [r for r in result["rows"] if r["size"] != size]
                 for backend in BACKENDS:
                     if backend not in args.backends and f"{backend}@{size}" not in args.backends:
                         continue
+                    result["rows"] = [
+                        r for r in result["rows"] if (r["size"], r["backend"]) != (size, backend)
+                    ]
                     target = str(sqlite_path) if backend == "sqlite" else pg.url(db)
                     row = run_worker(
                         [
