@@ -530,10 +530,10 @@ def write_report(result: dict, out: Path) -> None:
     if result.get("sweep"):
         lines += [
             "",
-            "PostgreSQL HNSW against the candidate count (`FACEVERIFY_GALLERY_HNSW_CANDIDATES`, hnsw.ef_search), "
-            "every probe once:",
+            "PostgreSQL HNSW against the candidate count (`FACEVERIFY_GALLERY_HNSW_CANDIDATES`, "
+            "hnsw.ef_search), every probe once:",
             "",
-            "| templates | candidates | identify p50 ms | p99 ms | recall@1 (all / passing) | background jobs |",
+            "| templates | candidates | identify p50 ms | p99 ms | recall@1 (all / passing) | background |",
             "|---|---|---|---|---|---|",
         ]
         for r in sorted(result["sweep"], key=lambda r: (r["size"], r["candidates"])):
@@ -684,7 +684,7 @@ def main() -> None:
                 for size, _, db, truth, passing in prepared:
                     for candidates in args.sweep:
                         row = run_worker(
-                            ["sweep:%d" % candidates, pg.url(db), str(faces_path), str(size), "0", "0"]
+                            [f"sweep:{candidates}", pg.url(db), str(faces_path), str(size), "0", "0"]
                         )
                         top1 = row.pop("top1")
                         row["recall_at_1"] = recall(top1, truth)
