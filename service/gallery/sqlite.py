@@ -89,6 +89,7 @@ class SQLiteGallery:
         self._cache: dict[VariantKey, _Matrix] = {}
         self._cache_lock = threading.Lock()
         self._blas = ThreadpoolController()
+        self._blas_lock = threading.Lock()
         conn = self._conn()
         conn.execute("PRAGMA journal_mode=WAL")  # persistent: recorded in the database file
         conn.executescript(_SCHEMA)
@@ -170,8 +171,9 @@ class SQLiteGallery:
             raise ValueError(f"query has {query.size} dimensions, templates have {dim}")
         # One BLAS thread: the matrix-vector product is memory-bound, and OpenBLAS's own threads on cores
         # that the workers and ONNX Runtime already keep busy turn 0.2 ms into tens of ms at 10k templates
-        # (reports/gallery.md).
-        with self._blas.limit(limits=1, user_api="blas"):
+        # (reports/gallery.md). The lock keeps one search from changing the thread count while another's
+        # product runs (OpenBLAS does not allow that); a single-threaded product gains nothing from company.
+        with self._blas_lock, self._blas.limit(limits=1, user_api="blas"):
             best = matrix.best_per_user(query)
         k = min(top_k, best.size)
         top = np.argpartition(-best, k - 1)[:k]
