@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -83,8 +84,15 @@ class Settings(BaseSettings):
 
     # When set, every /v1 route requires it in X-API-Key (probes and /metrics stay open for the platform).
     api_key: SecretStr | None = None
-    # sqlite:///relative/path.db or sqlite:////absolute/path.db (SQLAlchemy's spelling).
+    # sqlite:///relative/path.db or sqlite:////absolute/path.db (SQLAlchemy's spelling), or
+    # postgresql://user:password@host:port/database for the shared pgvector gallery (several replicas).
     gallery_url: str = "sqlite:///./gallery.db"
+    # PostgreSQL gallery only: connections per process, and how identify searches: "hnsw" (the index's
+    # candidates re-ranked exactly) or "exact" (a scan of every template of the variant).
+    gallery_pool_size: int = Field(default=4, ge=1, le=100)
+    gallery_search: Literal["hnsw", "exact"] = "hnsw"
+    # Templates the HNSW index returns for re-ranking (its ef_search); more: higher recall, slower.
+    gallery_hnsw_candidates: int = Field(default=100, ge=1, le=1000)
 
     @property
     def served_variant_list(self) -> list[str]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from model_store import ModelStore
 from service.config import Settings
-from service.gallery import Gallery, open_gallery
+from service.gallery import Gallery, PostgresOptions, open_gallery
 from service.inference.pipeline import FacePipeline
 from service.inference.variants import VariantRegistry
 from service.vision.detect import DetectorConfig, MTCNNDetector
@@ -49,7 +49,14 @@ def build_resources(settings: Settings) -> Resources:
         only=settings.served_variant_list,
     )
     pipeline = FacePipeline(detector, max_pixels=settings.max_pixels, min_face_px=settings.min_face_px)
-    gallery = open_gallery(settings.gallery_url)
+    gallery = open_gallery(
+        settings.gallery_url,
+        PostgresOptions(
+            pool_size=settings.gallery_pool_size,
+            search=settings.gallery_search,
+            candidates=settings.gallery_hnsw_candidates,
+        ),
+    )
     log.info(
         "loaded detector %s and variants %s (default %s)",
         detector_ref,

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import itertools
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +11,7 @@ import pytest
 from model_store import ModelStore
 from service.vision.decode import decode_image
 from service.vision.detect import DetectorConfig, MTCNNDetector
+from tests.pg_server import PostgresServer
 
 DATA = Path(__file__).parent / "data"
 LFW_SAMPLES = sorted((DATA / "lfw").glob("*.jpg"))
@@ -26,3 +30,20 @@ def detector(store: ModelStore) -> MTCNNDetector:
 
 def load_rgb(path: Path) -> np.ndarray:
     return decode_image(path.read_bytes(), max_pixels=50_000_000)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL + pgvector for the session; each test takes a new database (``fresh_database``)."""
+    with PostgresServer() as server:
+        yield server
+
+
+_databases = itertools.count()
+
+
+def fresh_database(server: PostgresServer) -> str:
+    """A new empty database on the session's server; returns its URL."""
+    name = f"t{os.getpid()}_{next(_databases)}"
+    server.psql(f"CREATE DATABASE {name}", database="postgres")
+    return server.url(name)

@@ -6,10 +6,11 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from service.gallery.base import Match, Template, TemplateCount, VariantKey
 
@@ -29,17 +30,43 @@ CREATE INDEX IF NOT EXISTS templates_by_user ON templates (user_id);
 -- Bumped by every write, so each process can tell whether its cached matrices are stale.
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0);
+-- Bumped by deletions only: while it stands still, a stale matrix only misses rows with larger ids.
+INSERT OR IGNORE INTO meta (key, value) VALUES ('deletions', 0);
 """
+
+
+# Appended rows are kept in a tail beside the user-grouped base until they outgrow this share of it; then
+# the matrix is rebuilt from the database (bench/gallery.py measures both paths).
+_TAIL_SHARE = 0.05
+_TAIL_MIN = 1024
 
 
 @dataclass(frozen=True, slots=True)
 class _Matrix:
-    """All templates of one variant, rows grouped by user (rows[starts[i]:starts[i+1]] belong to users[i])."""
+    """All templates of one variant as of one ``generation``.
+
+    The base holds rows grouped by user (rows[starts[i]:starts[i+1]] belong to users[i]); templates added
+    since the base was read sit in the tail, each with the index of its user in ``users`` (new users are
+    appended). Enrolments extend the tail; a deletion anywhere makes the next search re-read everything.
+    """
 
     generation: int
+    deletions: int
+    last_id: int  # the largest template id included
     users: list[str]
+    user_index: dict[str, int]
     starts: np.ndarray
     embeddings: np.ndarray  # (N, D) float32
+    tail_owner: np.ndarray  # (T,) int64 indices into users
+    tail: np.ndarray  # (T, D) float32
+
+    def best_per_user(self, query: np.ndarray) -> np.ndarray:
+        best = np.full(len(self.users), -np.inf, np.float32)
+        if self.embeddings.shape[0]:
+            best[: self.starts.size] = np.maximum.reduceat(self.embeddings @ query, self.starts)
+        if self.tail_owner.size:
+            np.maximum.at(best, self.tail_owner, self.tail @ query)
+        return best
 
 
 class SQLiteGallery:
@@ -47,8 +74,9 @@ class SQLiteGallery:
 
     One connection per thread (sqlite3 connections must not be shared across threads without a lock, and WAL
     lets readers run beside the single writer). ``synchronous=FULL`` makes an acknowledged enrolment survive
-    a power cut, not only a crash. Search keeps one matrix per variant in memory and rebuilds it when the
-    ``generation`` counter moved, which also notices writes by other worker processes.
+    a power cut, not only a crash. Search keeps one matrix per variant in memory and refreshes it when the
+    ``generation`` counter moved, which also notices writes by other worker processes: enrolments are read
+    incrementally (rows past the last id seen), a deletion makes it re-read the variant.
     """
 
     def __init__(self, path: Path | str, *, busy_timeout_ms: int = 5000) -> None:
@@ -60,6 +88,8 @@ class SQLiteGallery:
         self._connections_lock = threading.Lock()
         self._cache: dict[VariantKey, _Matrix] = {}
         self._cache_lock = threading.Lock()
+        self._blas = ThreadpoolController()
+        self._blas_lock = threading.Lock()
         conn = self._conn()
         conn.execute("PRAGMA journal_mode=WAL")  # persistent: recorded in the database file
         conn.executescript(_SCHEMA)
@@ -118,7 +148,10 @@ class SQLiteGallery:
 
     def delete_user(self, user_id: str) -> int:
         with self._write() as conn:
-            return conn.execute("DELETE FROM templates WHERE user_id = ?", (user_id,)).rowcount
+            deleted = conn.execute("DELETE FROM templates WHERE user_id = ?", (user_id,)).rowcount
+            if deleted:
+                conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'deletions'")
+            return deleted
 
     def count_templates(self, user_id: str) -> list[TemplateCount]:
         rows = self._conn().execute(
@@ -133,12 +166,15 @@ class SQLiteGallery:
         if not matrix.users or top_k <= 0:
             return []
         query = np.asarray(embedding, dtype=np.float32).reshape(-1)
-        if query.size != matrix.embeddings.shape[1]:
-            raise ValueError(
-                f"query has {query.size} dimensions, templates have {matrix.embeddings.shape[1]}"
-            )
-        scores = matrix.embeddings @ query
-        best = np.maximum.reduceat(scores, matrix.starts)  # best template per user
+        dim = matrix.embeddings.shape[1] if matrix.embeddings.shape[0] else matrix.tail.shape[1]
+        if query.size != dim:
+            raise ValueError(f"query has {query.size} dimensions, templates have {dim}")
+        # One BLAS thread: the matrix-vector product is memory-bound, and OpenBLAS's own threads on cores
+        # that the workers and ONNX Runtime already keep busy turn 0.2 ms into tens of ms at 10k templates
+        # (reports/gallery.md). The lock keeps one search from changing the thread count while another's
+        # product runs (OpenBLAS does not allow that); a single-threaded product gains nothing from company.
+        with self._blas_lock, self._blas.limit(limits=1, user_api="blas"):
+            best = matrix.best_per_user(query)
         k = min(top_k, best.size)
         top = np.argpartition(-best, k - 1)[:k]
         top = top[np.argsort(-best[top], kind="stable")]
@@ -165,31 +201,101 @@ class SQLiteGallery:
             cached = self._cache.get(key)
             if cached is not None and cached.generation == generation:
                 return cached
-            # One read transaction: the generation and the rows come from the same snapshot.
+            # One read transaction: the counters and the rows come from the same snapshot.
             conn.execute("BEGIN")
             try:
-                (generation,) = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-                rows = conn.execute(
-                    "SELECT user_id, dim, embedding FROM templates WHERE variant = ? AND model_sha256 = ?"
-                    " ORDER BY user_id, id",
-                    (key.name, key.sha256),
-                ).fetchall()
+                counters = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                generation, deletions = counters["generation"], counters["deletions"]
+                if cached is not None and cached.deletions == deletions:
+                    # Only enrolments since: their ids are larger (writes are serialised, ids only grow
+                    # while nothing is deleted), so read just those.
+                    # The unary + keeps SQLite on the rowid range instead of the variant's whole index.
+                    rows = conn.execute(
+                        "SELECT id, user_id, dim, embedding FROM templates"
+                        " WHERE id > ? AND +variant = ? AND +model_sha256 = ? ORDER BY id",
+                        (cached.last_id, key.name, key.sha256),
+                    ).fetchall()
+                    matrix = _extend(cached, generation, rows)
+                else:
+                    matrix = None
+                if matrix is None:
+                    rows = conn.execute(
+                        "SELECT id, user_id, dim, embedding FROM templates"
+                        " WHERE variant = ? AND model_sha256 = ? ORDER BY user_id, id",
+                        (key.name, key.sha256),
+                    ).fetchall()
+                    matrix = _build_matrix(generation, deletions, rows)
             finally:
                 conn.execute("COMMIT")
-            matrix = _build_matrix(generation, rows)
             self._cache[key] = matrix
             return matrix
 
 
-def _build_matrix(generation: int, rows: list[tuple[str, int, bytes]]) -> _Matrix:
+def _blobs(rows: list[tuple[int, str, int, bytes]], dim: int) -> np.ndarray:
+    return np.frombuffer(b"".join(row[3] for row in rows), dtype=np.float32).reshape(-1, dim)
+
+
+def _build_matrix(generation: int, deletions: int, rows: list[tuple[int, str, int, bytes]]) -> _Matrix:
+    empty = np.zeros(0, np.int64)
     if not rows:
-        return _Matrix(generation, [], np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
-    dim = rows[0][1]
-    embeddings = np.frombuffer(b"".join(blob for _, _, blob in rows), dtype=np.float32).reshape(-1, dim)
+        return _Matrix(
+            generation,
+            deletions,
+            0,
+            [],
+            {},
+            empty,
+            np.zeros((0, 0), np.float32),
+            empty,
+            np.zeros((0, 0), np.float32),
+        )
+    dim = rows[0][2]
     users: list[str] = []
     starts: list[int] = []
-    for index, (user_id, _, _) in enumerate(rows):
+    for index, (_, user_id, _, _) in enumerate(rows):
         if not users or users[-1] != user_id:
             users.append(user_id)
             starts.append(index)
-    return _Matrix(generation, users, np.asarray(starts, np.int64), embeddings)
+    return _Matrix(
+        generation,
+        deletions,
+        max(row[0] for row in rows),
+        users,
+        {user: i for i, user in enumerate(users)},
+        np.asarray(starts, np.int64),
+        _blobs(rows, dim),
+        empty,
+        np.zeros((0, dim), np.float32),
+    )
+
+
+def _extend(cached: _Matrix, generation: int, rows: list[tuple[int, str, int, bytes]]) -> _Matrix | None:
+    """``cached`` plus the enrolled ``rows`` (in id order), or None when a full rebuild is due."""
+    if not rows:
+        return replace(cached, generation=generation)
+    if not cached.users:
+        return None
+    tail_rows = cached.tail_owner.size + len(rows)
+    if tail_rows > max(_TAIL_MIN, _TAIL_SHARE * cached.embeddings.shape[0]):
+        return None  # compact: a long tail would slow every search (np.maximum.at is unbuffered)
+    users, user_index = cached.users, cached.user_index
+    owners = []
+    for _, user_id, _, _ in rows:
+        index = user_index.get(user_id)
+        if index is None:
+            # Copy-on-write: searches still reading the old matrix keep consistent lists.
+            if users is cached.users:
+                users, user_index = list(users), dict(user_index)
+            index = user_index[user_id] = len(users)
+            users.append(user_id)
+        owners.append(index)
+    dim = cached.embeddings.shape[1] if cached.embeddings.shape[0] else cached.tail.shape[1]
+    return replace(
+        cached,
+        generation=generation,
+        last_id=rows[-1][0],
+        users=users,
+        user_index=user_index,
+        tail_owner=np.concatenate([cached.tail_owner, np.asarray(owners, np.int64)]),
+        tail=np.concatenate([cached.tail, _blobs(rows, dim)]),
+    )
