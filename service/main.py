@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from service.api import errors
 from service.api.deps import require_api_key
 from service.api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
-from service.api.routes import API_PREFIX, enroll, health, identify, models, users, verify
+from service.api.routes import API_PREFIX, demo, enroll, health, identify, models, users, verify
 from service.config import Settings
 from service.metrics import Metrics
 from service.resources import build_resources
@@ -58,4 +58,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (verify, identify, enroll, users, models):
         app.include_router(module.router, dependencies=[Depends(require_api_key)])
     app.include_router(health.router)
+    if settings.demo:
+        demo.install(app)
     return app
