@@ -82,12 +82,21 @@ def time_variants(embedders: dict[str, Embedder], crops: np.ndarray, rounds: int
     }
 
 
-def lfw_of(ref: str, eval_dir: Path) -> dict[str, float] | None:
+def lfw_of(ref: str, eval_dir: Path, store: ModelStore) -> dict[str, object] | None:
+    """`faceverify eval`'s JSON of ``ref`` if there is one, else what its manifest recorded.
+
+    Both come from ``pruning.evaluate.evaluate`` on the same bytes (``faceverify quantize --pairs`` and
+    ``faceverify publish`` run it before publishing); ``source`` says which one a figure is.
+    """
+    keys = ("accuracy_mean", "accuracy_std", "tar_at_far_1e-3", "auc", "n_pairs")
     path = eval_dir / f"lfw-{ref}.json"
-    if not path.exists():
+    if path.exists():
+        data = json.loads(path.read_text())
+        return {k: data[k] for k in keys} | {"source": str(path.relative_to(ROOT))}
+    recorded = store.manifest(ref).metrics.get("lfw")
+    if recorded is None:
         return None
-    data = json.loads(path.read_text())
-    return {k: data[k] for k in ("accuracy_mean", "accuracy_std", "tar_at_far_1e-3", "auc", "n_pairs")}
+    return {k: recorded[k] for k in keys} | {"source": f"{ref} manifest metrics.lfw"}
 
 
 def plot(rows: list[dict], out: Path) -> None:
@@ -139,8 +148,22 @@ def write_markdown(report: dict, out: Path) -> None:
         "",
         "```sh",
         report["command"],
-        *[LFW_COMMAND.format(ref=ref) for r in report["rows"] for ref in (r["parent"], r["int8_ref"])],
+        *[
+            LFW_COMMAND.format(ref=r[kind]["ref"])
+            for r in report["rows"]
+            for kind in ("float", "int8")
+            if r[kind]["lfw"] and r[kind]["lfw"]["source"].startswith("reports/")
+        ],
         "```",
+        "",
+        "LFW figures: "
+        + "; ".join(
+            f"`{r[kind]['ref']}` from {r[kind]['lfw']['source']}"
+            for r in report["rows"]
+            for kind in ("float", "int8")
+            if r[kind]["lfw"]
+        )
+        + ".",
         "",
         f"Machine: {report['machine']}; ORT {report['onnxruntime']}, intra-op 1 thread, inter-op 1; "
         f"{report['rounds']} interleaved rounds (batch 1: {first['b1']['runs']} "
@@ -184,6 +207,8 @@ def write_markdown(report: dict, out: Path) -> None:
     ]
     for row in report["rows"]:
         agreement = row["int8"]["agreement"]
+        if agreement.get("min_cosine") is None:
+            continue
         lines.append(
             f"- `{row['int8_ref']}` vs `{row['parent']}` on {agreement['crops']} validation crops: cosine "
             f"between the two embeddings min {agreement['min_cosine']:.4f}, "
@@ -225,7 +250,7 @@ def main() -> None:
                 "ref": ref,
                 "bytes": manifest.artifact.bytes,
                 "latency": latency[ref],
-                "lfw": lfw_of(ref, args.eval_dir),
+                "lfw": lfw_of(ref, args.eval_dir, store),
                 "val_tar": val_tar,
                 "threshold": manifest.thresholds["1e-3"],
             }

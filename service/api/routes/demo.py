@@ -24,7 +24,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "default-src 'none'",
         "script-src 'self'",
         "style-src 'self'",
-        "img-src 'self' blob:",  # previews of the chosen photos are object URLs
+        "img-src 'self'",  # the photo previews are canvases drawn from the chosen files, not URLs
         "connect-src 'self'",
         "form-action 'none'",
         "base-uri 'none'",
