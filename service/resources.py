@@ -46,6 +46,7 @@ def build_resources(settings: Settings) -> Resources:
         default=settings.default_variant,
         target_fmr=settings.target_fmr,
         intra_op_threads=settings.intra_op_threads,
+        only=settings.served_variant_list,
     )
     pipeline = FacePipeline(detector, max_pixels=settings.max_pixels, min_face_px=settings.min_face_px)
     gallery = open_gallery(settings.gallery_url)

@@ -219,3 +219,19 @@ def test_default_variant_by_header(real_store_client: TestClient) -> None:
     )
     assert response.status_code == 400 and response.json()["code"] == "unknown_variant"
     assert COMMITTED_DEFAULT in response.json()["valid_variants"]
+
+
+def test_sface_reference_variant_by_header(
+    real_store_client: TestClient, record_property: Callable[[str, object], None]
+) -> None:
+    """The third-party SFace reference is served when named, is never the default, and verifies the deepface
+    pairs at least as well as the default (measured: see the module docstring's figures for the default)."""
+    models = {v["ref"]: v for v in real_store_client.get("/v1/models").json()["variants"]}
+    sface = next(v for ref, v in models.items() if ref.startswith("sface@"))
+    assert not sface["default"] and sface["params"] > 9_000_000
+    result = deepface_pairs(real_store_client, {"X-Model-Variant": "sface"})
+    record_property("deepface_summary_sface", result["summary"])
+    assert result["variant"] == sface["ref"]
+    summary = result["summary"]
+    assert result["accuracy"] >= MIN_DEEPFACE_ACCURACY and result["auc"] >= MIN_DEEPFACE_AUC, summary
+    assert result["false_accepts"] <= MAX_DEEPFACE_FALSE_ACCEPTS, summary

@@ -291,3 +291,20 @@ def test_openapi_is_complete(client: TestClient) -> None:
             assert "x-model-variant" in headers
     problem = v1[("/v1/verify", "post")]["responses"]["422"]["content"]["application/problem+json"]["schema"]
     assert problem["examples"][0]["code"] == "no_face_detected"
+
+
+def test_served_variants_setting_limits_sessions_and_templates(
+    mixed_store: ModelStore, tmp_path: Path
+) -> None:
+    """FACEVERIFY_SERVED_VARIANTS: only those (and the default) get a session and enrolment templates."""
+    settings = make_settings(mixed_store.root, tmp_path / "g.db", served_variants="synth-b, sface")
+    with TestClient(create_app(settings)) as client:
+        served = {v["ref"] for v in client.get("/v1/models").json()["variants"]}
+        assert served == {str(mixed_store.resolve(r)) for r in ("default", "synth-b", "sface")}
+        photo = ("images", ("a.jpg", PHOTO_A.read_bytes(), "image/jpeg"))
+        enrolled = client.post("/v1/enroll", data={"user_id": "few"}, files=[photo]).json()
+        assert set(enrolled["templates_added"]) == served, enrolled
+        assert_problem(client.post("/v1/verify", headers={"X-Model-Variant": "synth-a"}, files={
+            "image_a": ("a", PHOTO_A.read_bytes(), "image/jpeg"),
+            "image_b": ("b", PHOTO_A.read_bytes(), "image/jpeg"),
+        }), 400, "unknown_variant")  # fmt: skip

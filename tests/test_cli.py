@@ -89,3 +89,27 @@ def test_prune_publish_as_needs_the_benchmark_pairs_before_it_runs(tmp_path: Pat
     assert result.returncode == 2
     assert "--publish-as needs --pairs and --images-root" in result.stderr
     assert not run_dir.exists()
+
+
+def test_eval_writes_every_pairs_score_and_decision(tmp_path: Path) -> None:
+    import csv
+
+    bbt = DATA / "e2e" / "bbt"
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(
+        "path_a,path_b,same\n"
+        "amy/amy1.png,amy/amy2.png,1\nraj/raj1.png,raj/raj3.png,1\namy/amy1.png,raj/raj1.png,0\n"
+    )
+    out = tmp_path / "scores.csv"
+    args = ["eval", "--variant", "squeezefacenet@3", "--pairs", str(pairs), "--images-root", str(bbt)]
+    result = run_cli(*args, "--scores", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["path_a"], r["same"]) for r in rows] == [
+        ("amy/amy1.png", "1"),
+        ("raj/raj1.png", "1"),
+        ("amy/amy1.png", "0"),
+    ]
+    threshold = json.loads(run_cli("models", "show", "squeezefacenet@3").stdout)["thresholds"]["1e-3"]
+    assert all(int(r["match"]) == (float(r["score"]) >= threshold) for r in rows)
+    assert min(float(r["score"]) for r in rows[:2]) > float(rows[2]["score"])

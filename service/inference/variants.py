@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -37,13 +38,28 @@ class VariantRegistry:
 
     @classmethod
     def load(
-        cls, store: ModelStore, *, default: str, target_fmr: str, intra_op_threads: int
+        cls,
+        store: ModelStore,
+        *,
+        default: str,
+        target_fmr: str,
+        intra_op_threads: int,
+        only: Sequence[str] = (),
     ) -> VariantRegistry:
-        """Build one ONNX Runtime session per published embedder that can make decisions."""
+        """Build one ONNX Runtime session per published embedder that can make decisions.
+
+        ``only``: serve just these (refs, names = their latest version, or aliases) and the default;
+        empty: every calibrated embedder. Each served variant costs a session and, at enrolment, a template
+        per image, so a deployment serves the few its clients ask for.
+        """
+        wanted = {str(store.resolve(name)) for name in only} if only else None  # unknown: ModelNotFound
+        if wanted is not None:
+            with contextlib.suppress(ModelNotFound):  # no default: warned about below
+                wanted.add(str(store.resolve(default)))
         embedders = []
         for ref in store.refs():
             manifest = store.manifest(ref)
-            if manifest.kind != "embedder":
+            if manifest.kind != "embedder" or (wanted is not None and str(ref) not in wanted):
                 continue
             # Skipped, not fatal: one uncalibrated experiment in the store must not take the service down.
             if target_fmr not in manifest.thresholds:
