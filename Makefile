@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint serve-env dev-env prometheus
+.PHONY: run test lint serve-env dev-env prometheus chromium
 
 # Serving environment: the service's dependencies only (no torch).
 $(BIN)/.serve-env: pyproject.toml
@@ -24,6 +24,11 @@ $(BIN)/.dev-env: $(BIN)/.serve-env
 prometheus:
 	command -v prometheus >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus)
 
+# A real headless browser for tests/test_demo.py (Debian's chromium + its chromedriver, driven by Selenium).
+chromium:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+
 serve-env: $(BIN)/.serve-env
 dev-env: $(BIN)/.dev-env
 
@@ -34,6 +39,6 @@ lint: $(BIN)/.dev-env
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(BIN)/.dev-env prometheus
+test: $(BIN)/.dev-env prometheus chromium
 	$(BIN)/ruff check .
 	$(BIN)/pytest

@@ -342,6 +342,48 @@ def cmd_publish_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- quantize -------------------------------------------------------------------------------------
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from pruning.data.paths import data_root
+    from pruning.publish import git_commit
+    from pruning.quantize import QuantConfig, quantize_variant
+
+    if (args.pairs is None) != (args.images_root is None):
+        print("faceverify quantize: --pairs and --images-root go together", file=sys.stderr)
+        return 2
+    root = args.data or data_root()
+    config = QuantConfig(
+        calibration_crops=args.calibration_crops,
+        method=args.method,
+        per_channel=not args.per_tensor,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        fmrs=tuple(args.fmr) if args.fmr else QuantConfig.fmrs,
+    )
+    store = ModelStore(args.store)
+    try:
+        manifest = quantize_variant(
+            store,
+            args.ref,
+            root / "crops",
+            name=args.name,
+            config=config,
+            pairs=args.pairs,
+            images_root=args.images_root,
+            cache_dir=root / "eval-cache",
+            command="faceverify " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("faceverify") else None,
+            code_commit=git_commit(),
+        )
+    except (ValueError, RuntimeError) as error:  # too few / LFW-looking / missing calibration faces
+        print(f"faceverify quantize: {error}", file=sys.stderr)
+        return 1
+    if args.alias:
+        store.set_alias(args.alias, manifest.ref)
+    print(json.dumps({"published": manifest.ref, "parent": manifest.parent, "metrics": manifest.metrics,
+                      "thresholds": manifest.thresholds}, indent=2))  # fmt: skip
+    return 0
+
+
 # ---- export-mtcnn ---------------------------------------------------------------------------------
 def cmd_export_mtcnn(args: argparse.Namespace) -> int:
     from pruning.mtcnn_export import export_and_publish
@@ -548,6 +590,25 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--images-root", type=Path, required=True)
     ref.add_argument("--data", type=Path, help="data root (default: $FACEVERIFY_DATA or ~/.cache/...)")
     ref.set_defaults(handler=cmd_publish_reference, parent=None, flip_fusion=False)
+
+    qu = sub.add_parser(
+        "quantize", help="a published float embedder → static int8 (QDQ), calibrated on validation crops"
+    )
+    qu.add_argument("ref", help="the float parent: name, name@version or alias (e.g. default)")
+    qu.add_argument("--name", help="name of the new variant (default: the parent's name + -int8)")
+    qu.add_argument("--data", type=Path, help="data root (default: $FACEVERIFY_DATA or ~/.cache/...)")
+    qu.add_argument("--calibration-crops", type=positive_int, default=512, help="validation crops for ranges")
+    qu.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    qu.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
+    qu.add_argument("--seed", type=int, default=0, help="which validation crops calibrate")
+    qu.add_argument("--val-fraction", type=float, default=0.1, help="held-out identity share (as training)")
+    qu.add_argument(
+        "--fmr", type=float, action="append", help="target false-match rate (repeatable; default 1e-3, 1e-4)"
+    )
+    qu.add_argument("--pairs", type=Path, help="LFW pairs.txt: also measure LFW (benchmark only)")
+    qu.add_argument("--images-root", type=Path)
+    qu.add_argument("--alias", help="point this alias at the new version")
+    qu.set_defaults(handler=cmd_quantize)
 
     ev = sub.add_parser("eval", help="verification accuracy end to end from raw photos (LFW protocol)")
     which = ev.add_mutually_exclusive_group(required=True)

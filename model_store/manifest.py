@@ -75,6 +75,8 @@ class Manifest(_Strict):
     provenance: Provenance = Field(default_factory=Provenance)
     # Free-form record of how a pruned variant was made (criterion, pruning_ratio, ...).
     pruning: dict[str, Any] | None = None
+    # How an int8 variant was made from its float parent (``faceverify quantize``: tool, format, calibration).
+    quantization: dict[str, Any] | None = None
     # The network as built (family, widths, pooling) and where it departs from its paper.
     architecture: dict[str, Any] | None = None
 

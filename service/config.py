@@ -84,6 +84,8 @@ class Settings(BaseSettings):
 
     # When set, every /v1 route requires it in X-API-Key (probes and /metrics stay open for the platform).
     api_key: SecretStr | None = None
+    # The browser demo at /demo: static files that call /v1 like any client (with the key typed into it).
+    demo: bool = True
     # sqlite:///relative/path.db or sqlite:////absolute/path.db (SQLAlchemy's spelling), or
     # postgresql://user:password@host:port/database for the shared pgvector gallery (several replicas).
     gallery_url: str = "sqlite:///./gallery.db"

@@ -19,7 +19,7 @@ from service.api.middleware import (
     NoStoreMiddleware,
     RequestMetricsMiddleware,
 )
-from service.api.routes import API_PREFIX, enroll, health, identify, models, users, verify
+from service.api.routes import API_PREFIX, demo, enroll, health, identify, models, users, verify
 from service.config import Settings, usable_cores
 from service.metrics import Metrics
 from service.resources import build_resources
@@ -84,4 +84,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (verify, identify, enroll, users, models):
         app.include_router(module.router, dependencies=[Depends(require_api_key)])
     app.include_router(health.router)
+    if settings.demo:
+        demo.install(app)
     return app

@@ -132,6 +132,16 @@ class PruningSummary(BaseModel):
     flops_removed_share: float | None
 
 
+class QuantizationSummary(BaseModel):
+    """How an int8 variant was made from its float parent (``faceverify quantize``)."""
+
+    format: str = Field(description="ONNX quantisation format, e.g. QDQ")
+    weights: str = Field(description="e.g. int8, per channel")
+    activations: str
+    calibration_method: str = Field(description="How activation ranges were set: minmax, entropy, ...")
+    calibration_crops: int = Field(description="Validation crops the ranges were calibrated on")
+
+
 class ModelVariant(BaseModel):
     ref: str = Field(description="name@version; send it (or the name, or an alias) in X-Model-Variant")
     name: str
@@ -149,6 +159,7 @@ class ModelVariant(BaseModel):
     sha256: str
     parent: str | None
     pruning: PruningSummary | None = Field(description="Set for pruned variants")
+    quantization: QuantizationSummary | None = Field(default=None, description="Set for int8 variants")
     metrics: dict[str, dict[str, float | int | str]]
 
 

@@ -24,6 +24,7 @@ BBT = E2E / "bbt"
 PEOPLE = sorted(p.name for p in BBT.iterdir() if p.is_dir())
 _COMMITTED = ModelStore(REAL_STORE_ROOT)
 PRUNED_VARIANTS = sorted(str(ref) for ref in _COMMITTED.refs() if _COMMITTED.manifest(ref).pruning)
+INT8_VARIANTS = sorted(str(ref) for ref in _COMMITTED.refs() if _COMMITTED.manifest(ref).quantization)
 
 # Regression floors for the default variant; what it reaches is printed (see the module docstring). Set just
 # under squeezefacenet@2 (LFW 93.5 %): deepface accuracy 0.983, AUC 0.999, 33/38 true and 0/262 false accepts;
@@ -115,6 +116,32 @@ def test_pruned_variant_by_header(
     record_property(f"deepface_summary_{ref}", summary)
     assert result["accuracy"] >= MIN_PRUNED_DEEPFACE_ACCURACY, summary
     assert result["auc"] >= MIN_PRUNED_DEEPFACE_AUC, summary
+    assert result["false_accepts"] <= MAX_DEEPFACE_FALSE_ACCEPTS, summary
+
+
+@pytest.mark.parametrize("ref", INT8_VARIANTS)
+def test_int8_variant_by_header(
+    real_store_client: TestClient, ref: str, record_property: Callable[[str, object], None]
+) -> None:
+    """Each committed int8 variant is served when named, has its own threshold, scores like its float
+    parent and verifies the labelled pairs as well as a variant of its parent's kind must."""
+    models = {v["ref"]: v for v in real_store_client.get("/v1/models").json()["variants"]}
+    int8 = models[ref]
+    parent = models[int8["parent"]]
+    assert int8["quantization"]["format"] == "QDQ" and int8["quantization"]["calibration_crops"] > 0
+    assert int8["sha256"] != parent["sha256"] and int8["params"] == parent["params"]
+    assert int8["threshold"] != parent["threshold"]  # calibrated on validation for the int8 scores
+    a, b = (DEEPFACE / "img1.jpg").read_bytes(), (DEEPFACE / "img2.jpg").read_bytes()
+    quantised = verify(real_store_client, a, b, {"X-Model-Variant": ref})
+    float_ = verify(real_store_client, a, b, {"X-Model-Variant": parent["ref"]})
+    assert quantised["variant"] == ref and quantised["match"]
+    assert abs(quantised["score"] - float_["score"]) < 0.02
+    result = deepface_pairs(real_store_client, {"X-Model-Variant": ref})
+    summary = result["summary"]
+    record_property(f"deepface_summary_{ref}", summary)
+    pruned = parent["pruning"] is not None
+    assert result["accuracy"] >= (MIN_PRUNED_DEEPFACE_ACCURACY if pruned else MIN_DEEPFACE_ACCURACY), summary
+    assert result["auc"] >= (MIN_PRUNED_DEEPFACE_AUC if pruned else MIN_DEEPFACE_AUC), summary
     assert result["false_accepts"] <= MAX_DEEPFACE_FALSE_ACCEPTS, summary
 
 

@@ -8,7 +8,7 @@ from model_store import Manifest
 from service.api.deps import ResourcesDep
 from service.api.errors import problem_responses
 from service.api.routes import API_PREFIX
-from service.schemas import ModelsResponse, ModelVariant, PruningSummary
+from service.schemas import ModelsResponse, ModelVariant, PruningSummary, QuantizationSummary
 
 router = APIRouter(prefix=API_PREFIX, tags=["models"])
 
@@ -43,6 +43,7 @@ async def list_models(resources: ResourcesDep) -> ModelsResponse:
                 sha256=embedder.sha256,
                 parent=manifest.parent,
                 pruning=pruning_summary(manifest),
+                quantization=quantization_summary(manifest),
                 metrics=manifest.metrics,
             )
         )
@@ -62,3 +63,10 @@ def pruning_summary(manifest: Manifest) -> PruningSummary | None:
         params_removed_share=record.get("params_removed_share"),
         flops_removed_share=record.get("flops_removed_share"),
     )
+
+
+def quantization_summary(manifest: Manifest) -> QuantizationSummary | None:
+    record = manifest.quantization
+    if not record:
+        return None
+    return QuantizationSummary.model_validate({k: record.get(k) for k in QuantizationSummary.model_fields})
