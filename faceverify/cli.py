@@ -186,8 +186,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # ---- train ----------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from pruning.data.paths import data_root
+    from pruning.models import FAMILIES
     from pruning.train import TrainConfig, train
 
+    if args.family is not None and (args.init is not None or args.family not in FAMILIES):
+        why = "--init brings its own architecture" if args.init else f"choose from {', '.join(FAMILIES)}"
+        print(f"faceverify train: --family {args.family}: {why}", file=sys.stderr)
+        return 2
+    if args.pooling is not None and args.family not in (None, "squeezefacenet"):
+        print(f"faceverify train: --pooling is a squeezefacenet option, not {args.family}'s", file=sys.stderr)
+        return 2
     config = TrainConfig(
         run_dir=args.run_dir,
         crops_root=(args.data or data_root()) / "crops",
@@ -202,6 +210,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         val_every=args.val_every,
         seed=args.seed,
         pooling=args.pooling,
+        arch={"family": args.family} if args.family else {},
     )
     best = train(config)
     print(json.dumps({"best": str(best), "run_dir": str(args.run_dir)}))
@@ -385,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--workers", type=positive_int, default=2)
     teacher.set_defaults(handler=cmd_teacher)
 
-    tr = sub.add_parser("train", help="distil the teacher into a SqueezeFaceNet student (resumable)")
+    tr = sub.add_parser("train", help="distil the teacher into a student network (resumable)")
     tr.add_argument("--run-dir", type=Path, required=True, help="checkpoints and curves; rerun to resume")
     tr.add_argument("--data", type=Path, help="data root (default: $FACEVERIFY_DATA or ~/.cache/...)")
     tr.add_argument("--source", nargs="+", help="crop caches to train on (default: all with teacher files)")
@@ -394,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float, default=3e-3)
     tr.add_argument("--threads", type=positive_int, default=2)
     tr.add_argument("--init", type=Path, help="start from these weights (a new schedule)")
+    tr.add_argument(
+        "--family",
+        help="architecture of a fresh student: squeezefacenet (default), mobilenetv2 or resnet50",
+    )
     tr.add_argument("--max-steps", type=int)
     tr.add_argument("--val-every", type=int, default=1000)
     tr.add_argument("--seed", type=int, default=0)

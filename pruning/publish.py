@@ -24,7 +24,7 @@ from pruning.calibrate import calibrate
 from pruning.checkpoint import load_checkpoint
 from pruning.evaluate import crop_embedder, default_selection, evaluate, read_pairs
 from pruning.export import export_onnx, parity, publish_prepared
-from pruning.models import MODEL_CARD, SqueezeFaceNet
+from pruning.models import MODEL_CARD, FaceEmbedder
 from pruning.teacher import TEACHER_NAME
 from pruning.train import DistillationData
 from service.vision.tensor import crops_to_tensor
@@ -133,7 +133,7 @@ class Benchmark:
 class Measurement:
     """A checkpoint exported to ONNX and measured on those bytes."""
 
-    model: SqueezeFaceNet
+    model: FaceEmbedder
     payload: dict
     onnx_path: Path
     lfw: dict[str, object]

@@ -89,3 +89,14 @@ def test_prune_publish_as_needs_the_benchmark_pairs_before_it_runs(tmp_path: Pat
     assert result.returncode == 2
     assert "--publish-as needs --pairs and --images-root" in result.stderr
     assert not run_dir.exists()
+
+
+def test_train_family_is_checked_before_any_work(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    unknown = run_cli("train", "--run-dir", str(run_dir), "--family", "vgg16")
+    assert unknown.returncode == 2 and "choose from squeezefacenet, mobilenetv2, resnet50" in unknown.stderr
+    with_init = run_cli("train", "--run-dir", str(run_dir), "--family", "resnet50", "--init", "x.pt")
+    assert with_init.returncode == 2 and "--init brings its own architecture" in with_init.stderr
+    pooling = run_cli("train", "--run-dir", str(run_dir), "--family", "mobilenetv2", "--pooling", "gdc")
+    assert pooling.returncode == 2 and "--pooling is a squeezefacenet option" in pooling.stderr
+    assert not run_dir.exists()
