@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=Path, help="default: LFW View 2 pairs.txt (benchmark only)")
     parser.add_argument("--images-root", type=Path, help="default: the LFW images")
     parser.add_argument("--crops-root", type=Path, help="default: $FACEVERIFY_DATA/crops")
+    parser.add_argument("--eval-cache", type=Path, help="detector results of the pairs' photos, reused")
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--store", type=Path, help="model store with the detector (default: the project's)")
     parser.add_argument("--latency-iters", type=int, nargs=2, default=(200, 20), metavar=("B1", "B32"))
@@ -201,7 +202,7 @@ def main() -> None:
             args.crops_root or data_root() / "crops",
             args.pairs or benchmark.lfw_pairs,
             args.images_root or benchmark.lfw_root,
-            cache_dir=None,
+            cache_dir=args.eval_cache,
             val_fraction=args.val_fraction,
         )
     store = ModelStore(args.store) if args.store else ModelStore()

@@ -310,22 +310,19 @@ def main() -> None:
         "background_paused": pause,
     }
     model = create_model(family=args.family)
-    chosen = [s for s in SETTINGS if args.settings is None or s.label in args.settings]
-    rows = []
-    for setting in chosen:
-        row = time_setting(args.family, setting, args.batch, args.seconds, args.warmup, pause)
-        rows.append(row)
-        print(json.dumps({"family": args.family, **row}), flush=True)
-    earlier = results["families"].get(args.family, {}).get("settings", [])
-    kept = [r for r in earlier if r["label"] not in {s.label for s in chosen}]
     order = [s.label for s in SETTINGS]
-    results["families"][args.family] = {
-        "params": count_params(model),
-        "flops": count_flops(model),
-        "settings": sorted(kept + rows, key=lambda r: order.index(r["label"])),
-    }
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    write_report(results, args.out)
+    entry = results["families"].setdefault(args.family, {"settings": []})
+    entry |= {"params": count_params(model), "flops": count_flops(model)}
+    for setting in SETTINGS:
+        if args.settings is not None and setting.label not in args.settings:
+            continue
+        row = time_setting(args.family, setting, args.batch, args.seconds, args.warmup, pause)
+        print(json.dumps({"family": args.family, **row}), flush=True)
+        # Written after every setting: a long run interrupted later keeps what it measured.
+        kept = [r for r in entry["settings"] if r["label"] != setting.label]
+        entry["settings"] = sorted([*kept, row], key=lambda r: order.index(r["label"]))
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+        write_report(results, args.out)
 
 
 if __name__ == "__main__":
