@@ -262,7 +262,7 @@ def main() -> None:
         lines.append(
             f"| teacher ({teacher.get('label', 'teacher')}) | — | — | — | — | — | "
             f"{100 * teacher['accuracy_mean']:.2f} ± {100 * teacher['accuracy_std']:.2f} | "
-            f"{teacher['tar_at_far_1e-3']:.3f} | — |"
+            f"{_fmt(teacher.get('tar_at_far_1e-3'), '.3f')} | — |"
         )
     for family, rows in by_family.items():
         d = rows[0]
@@ -270,7 +270,7 @@ def main() -> None:
             f"| {family} | {d['params']:,} | {d['flops'] / 1e6:.1f} | {d['onnx_bytes']:,} | "
             f"{d['latency_b1_ms']:.2f} | {d['latency_b32_ms']:.1f} | "
             f"{100 * d['lfw_accuracy']:.2f} ± {100 * d['lfw_accuracy_std']:.2f} | "
-            f"{d['lfw_tar_at_far_1e-3']:.3f} | {_fmt(d['val_tar_at_fmr_1e-3'], '.3f')} |"
+            f"{_fmt(d['lfw_tar_at_far_1e-3'], '.3f')} | {_fmt(d['val_tar_at_fmr_1e-3'], '.3f')} |"
         )
     lines += ["", "![accuracy vs params](comparative/accuracy_vs_params.png)", ""]
     for family, rows in by_family.items():
@@ -289,7 +289,7 @@ def main() -> None:
                 f"{r['latency_b32_ms']:.1f} | "
                 f"{100 * r['lfw_accuracy']:.2f} ± {100 * r['lfw_accuracy_std']:.2f} | "
                 f"{100 * (r['lfw_accuracy'] - dense['lfw_accuracy']):+.2f} | "
-                f"{r['lfw_tar_at_far_1e-3']:.3f} | "
+                f"{_fmt(r['lfw_tar_at_far_1e-3'], '.3f')} | "
                 f"{_fmt(r['val_tar_at_fmr_1e-3'], '.3f')} |"
             )
         lines.append("")
