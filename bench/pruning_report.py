@@ -51,15 +51,26 @@ def latency_ms(onnx_path: Path, batch: int, iters: int) -> float:
 ACCURACY_KEYS = ("lfw_accuracy", "lfw_fold_accuracies", "val_tar_at_fmr_1e-3")
 
 
-def measure(checkpoint: Path, cache: dict[str, dict], store: ModelStore) -> dict[str, object]:
+def default_benchmark() -> Benchmark:
+    """LFW View 2 (benchmark only) and the project's crop cache (validation identities)."""
+    root = data_root()
+    return Benchmark(root / "crops", LFW / "pairs.txt", LFW / "images", cache_dir=root / "eval-cache")
+
+
+def measure(
+    checkpoint: Path,
+    cache: dict[str, dict],
+    store: ModelStore,
+    benchmark: Benchmark | None = None,
+    latency_iters: tuple[int, int] = (200, 20),
+) -> dict[str, object]:
     """Every figure of one checkpoint; cached by its hash. An entry written before a figure was added
     gets the missing accuracy figures only (its latencies stay: they were timed on a quiet machine)."""
     key = sha256_file(checkpoint)[:16]
     if key in cache and all(k in cache[key] for k in ACCURACY_KEYS):
         return cache[key]
     earlier = cache.get(key, {})
-    root = data_root()
-    benchmark = Benchmark(root / "crops", LFW / "pairs.txt", LFW / "images", cache_dir=root / "eval-cache")
+    benchmark = benchmark or default_benchmark()
     with measured(checkpoint, benchmark, store=store) as m:
         from pruning.models import count_flops, count_params
 
@@ -67,14 +78,16 @@ def measure(checkpoint: Path, cache: dict[str, dict], store: ModelStore) -> dict
         timed = {k: earlier[k] for k in ("latency_b1_ms", "latency_b32_ms") if k in earlier}
         if len(timed) < 2:
             timed = {
-                "latency_b1_ms": latency_ms(m.onnx_path, 1, 200),
-                "latency_b32_ms": latency_ms(m.onnx_path, 32, 20),
+                "latency_b1_ms": latency_ms(m.onnx_path, 1, latency_iters[0]),
+                "latency_b32_ms": latency_ms(m.onnx_path, 32, latency_iters[1]),
             }
         cache[key] = {
             "checkpoint": str(checkpoint),
             "params": count_params(m.model),
             "flops": count_flops(m.model),
             "onnx_kb": m.onnx_path.stat().st_size / 1024,
+            "onnx_bytes": m.onnx_path.stat().st_size,
+            "family": m.model.family,
             **timed,
             "lfw_accuracy": m.lfw["accuracy_mean"],
             "lfw_fold_accuracies": m.lfw["fold_accuracies"],

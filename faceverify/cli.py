@@ -204,8 +204,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pruning.checkpoint import materialise
     from pruning.data.paths import data_root
+    from pruning.models import FAMILIES
     from pruning.train import TrainConfig, train
 
+    if args.family is not None and (args.init is not None or args.family not in FAMILIES):
+        why = "--init brings its own architecture" if args.init else f"choose from {', '.join(FAMILIES)}"
+        print(f"faceverify train: --family {args.family}: {why}", file=sys.stderr)
+        return 2
+    if args.pooling is not None and args.family not in (None, "squeezefacenet"):
+        print(f"faceverify train: --pooling is a squeezefacenet option, not {args.family}'s", file=sys.stderr)
+        return 2
     crops_root = (args.data or data_root()) / "crops"
     init = (
         materialise(args.init, args.run_dir, crops_root=crops_root, store_root=args.store)
@@ -228,6 +236,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         pooling=args.pooling,
         refit_head=args.refit_head,
+        arch={"family": args.family} if args.family else {},
     )
     best = train(config)
     print(json.dumps({"best": str(best), "run_dir": str(args.run_dir)}))
@@ -497,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--mirror", action="store_true", help="sface: the mirror-image pass")
     teacher.set_defaults(handler=cmd_teacher)
 
-    tr = sub.add_parser("train", help="distil the teacher into a SqueezeFaceNet student (resumable)")
+    tr = sub.add_parser("train", help="distil the teacher into a student network (resumable)")
     tr.add_argument("--run-dir", type=Path, required=True, help="checkpoints and curves; rerun to resume")
     tr.add_argument("--data", type=Path, help="data root (default: $FACEVERIFY_DATA or ~/.cache/...)")
     tr.add_argument("--source", nargs="+", help="crop caches to train on (default: all with teacher files)")
@@ -520,6 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="with --init from another teacher's student: ridge-fit the embedding layer on N faces first",
+    )
+    tr.add_argument(
+        "--family",
+        help="architecture of a fresh student: squeezefacenet (default), mobilenetv2 or resnet50",
     )
     tr.add_argument("--max-steps", type=int)
     tr.add_argument("--val-every", type=int, default=1000)

@@ -1,4 +1,5 @@
-"""Checkpoints carry their architecture (config) with the weights, so pruned models load without code."""
+"""Checkpoints carry their architecture (family and config) with the weights, so pruned models load without
+code. An architecture that names no family is a SqueezeFaceNet (written before the other families)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pruning.models import MODEL_CARD, SqueezeFaceNet, create_model
+from pruning.models import MODEL_CARD, FaceEmbedder, create_model, saved_architecture
 
 
-def save_checkpoint(path: Path, model: SqueezeFaceNet, **extra: object) -> None:
+def save_checkpoint(path: Path, model: FaceEmbedder, **extra: object) -> None:
     """Atomic write: a crash mid-save never leaves a half checkpoint under the final name."""
-    payload = {"arch": model.config.to_dict(), "state_dict": model.state_dict(), **extra}
+    payload = {"arch": saved_architecture(model), "state_dict": model.state_dict(), **extra}
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path) -> tuple[SqueezeFaceNet, dict]:
+def load_checkpoint(path: Path) -> tuple[FaceEmbedder, dict]:
     payload = torch.load(path, map_location="cpu", weights_only=False)
     model = create_model(payload["arch"])
     model.load_state_dict(payload["state_dict"])
@@ -27,7 +28,7 @@ def load_checkpoint(path: Path) -> tuple[SqueezeFaceNet, dict]:
     return model, payload
 
 
-def torch_embed_fn(model: SqueezeFaceNet, batch_size: int = 128):
+def torch_embed_fn(model: FaceEmbedder, batch_size: int = 128):
     """Crops (N, 112, 112, 3) uint8 → unit embeddings, with the serving normalisation."""
     from service.vision.tensor import crops_to_tensor
 

@@ -1,4 +1,4 @@
-"""Export a SqueezeFaceNet (dense or pruned) to ONNX and publish it in the model store."""
+"""Export a face embedder of any family (dense or pruned) to ONNX and publish it in the model store."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from model_store import InputSpec, Manifest, ModelStore, OutputSpec, Provenance
-from pruning.models import MODEL_CARD, SqueezeFaceNet, architecture_record, count_flops, count_params
+from pruning.models import MODEL_CARD, FaceEmbedder, architecture_record, count_flops, count_params
 from service.vision.tensor import crops_to_tensor
 
 OPSET = 18
@@ -26,7 +26,7 @@ class EmbeddingGraph(torch.nn.Module):
     (reports/training.md). Inside the graph, the service, the harness and threshold calibration all get it.
     """
 
-    def __init__(self, model: SqueezeFaceNet, flip_fusion: bool = False) -> None:
+    def __init__(self, model: FaceEmbedder, flip_fusion: bool = False) -> None:
         super().__init__()
         self.model = model
         self.flip_fusion = flip_fusion
@@ -38,7 +38,7 @@ class EmbeddingGraph(torch.nn.Module):
         return F.normalize(embedding, dim=1)
 
 
-def export_onnx(model: SqueezeFaceNet, path: Path, *, flip_fusion: bool = False) -> None:
+def export_onnx(model: FaceEmbedder, path: Path, *, flip_fusion: bool = False) -> None:
     model = model.eval()
     example = torch.zeros(2, 3, *MODEL_CARD["input_size"])  # type: ignore[misc]
     torch.onnx.export(
@@ -56,7 +56,7 @@ def export_onnx(model: SqueezeFaceNet, path: Path, *, flip_fusion: bool = False)
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
-def parity(model: SqueezeFaceNet, path: Path, crops: np.ndarray, *, flip_fusion: bool = False) -> float:
+def parity(model: FaceEmbedder, path: Path, crops: np.ndarray, *, flip_fusion: bool = False) -> float:
     """Smallest cosine between torch and ONNX Runtime embeddings of the same real crops."""
     x = crops_to_tensor(crops, MODEL_CARD["mean"], MODEL_CARD["std"])  # type: ignore[arg-type]
     with torch.no_grad():
@@ -68,7 +68,7 @@ def parity(model: SqueezeFaceNet, path: Path, crops: np.ndarray, *, flip_fusion:
 
 def publish_prepared(
     store: ModelStore,
-    model: SqueezeFaceNet,
+    model: FaceEmbedder,
     onnx_path: Path,
     *,
     name: str,

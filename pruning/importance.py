@@ -9,6 +9,11 @@
   eq. 8); ``weight_sum_sq`` is the per-parameter sum Σ_s (w_s·g_s)² (eq. 7 summed over the filter).
 - Baselines: ℓ1 norm of the filter's weights (Li et al. 2017, https://arxiv.org/abs/1608.08710) and random.
 
+A unit of coupled convolutions (a depthwise conv with the conv feeding it, every conv summed into one
+residual stream; see pruning/surgery.py) is scored as one filter per channel: the activation form sums the
+members' a·∂L/∂a per example before the absolute value — the first-order change in loss from zeroing that
+channel in every member at once — and the weight forms and ℓ1 take the members' parameters together.
+
 The loss is the caller's: in this project, the distillation fine-tuning loss.
 """
 
@@ -21,10 +26,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from pruning.models import SqueezeFaceNet
-from pruning.surgery import prunable_layers
+from pruning.models import FaceEmbedder
+from pruning.surgery import prunable_units
 
-LossFn = Callable[[SqueezeFaceNet, object], torch.Tensor]
+LossFn = Callable[[FaceEmbedder, object], torch.Tensor]
 
 
 def _normalise_per_layer(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -36,10 +41,10 @@ class Importance:
     name: str = "importance"
     needs_data: bool = True
 
-    def accumulate(self, model: SqueezeFaceNet, loss_fn: LossFn, batches: Iterable[object]) -> None:
+    def accumulate(self, model: FaceEmbedder, loss_fn: LossFn, batches: Iterable[object]) -> None:
         """Feed mini-batches (a no-op for data-free criteria)."""
 
-    def scores(self, model: SqueezeFaceNet) -> dict[str, torch.Tensor]:
+    def scores(self, model: FaceEmbedder) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
 
@@ -50,16 +55,17 @@ class TaylorImportance(Importance):
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
 
-    def accumulate(self, model: SqueezeFaceNet, loss_fn: LossFn, batches: Iterable[object]) -> None:
-        layers = prunable_layers(model)
+    def accumulate(self, model: FaceEmbedder, loss_fn: LossFn, batches: Iterable[object]) -> None:
+        units = prunable_units(model)
         was_training = model.training
         model.train()  # the fine-tuning regime the scores describe
         for batch in batches:
             captured: dict[str, torch.Tensor] = {}
             handles = []
             if self.form == "activation":
-                for name, block in layers.items():
-                    handles.append(block.register_forward_hook(self._capture(name, captured)))
+                for name, members in units.items():
+                    for block in members:
+                        handles.append(block.register_forward_hook(self._capture(name, captured)))
             model.zero_grad(set_to_none=True)
             try:
                 loss = loss_fn(model, batch)
@@ -67,8 +73,8 @@ class TaylorImportance(Importance):
             finally:
                 for handle in handles:
                     handle.remove()
-            for name, block in layers.items():
-                contribution = self._contribution(block, captured.get(name))
+            for name, members in units.items():
+                contribution = self._contribution(members, captured.get(name))
                 self._sums[name] = self._sums.get(name, 0) + contribution.detach()
             self._count += 1
         model.zero_grad(set_to_none=True)
@@ -78,29 +84,32 @@ class TaylorImportance(Importance):
     def _capture(name: str, captured: dict[str, torch.Tensor]):
         def hook(_module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             def keep_grad(grad: torch.Tensor) -> None:
-                # per example: |mean over positions of a·∂L/∂a|, then the mean over the batch
-                captured[name] = (output.detach() * grad).mean(dim=(2, 3)).abs().mean(dim=0)
+                # per example and channel: mean over positions of a·∂L/∂a, summed over the unit's members
+                signed = (output.detach() * grad).mean(dim=(2, 3))
+                captured[name] = captured[name] + signed if name in captured else signed
 
             output.register_hook(keep_grad)
 
         return hook
 
-    def _contribution(self, block: nn.Sequential, activation_score: torch.Tensor | None) -> torch.Tensor:
+    def _contribution(self, members: list[nn.Sequential], signed: torch.Tensor | None) -> torch.Tensor:
         if self.form == "activation":
-            assert activation_score is not None, "no gradient reached this layer"
-            return activation_score
-        conv, bn = block[0], block[1]
-        per_param = [
-            (conv.weight * conv.weight.grad).flatten(1),
-            (bn.weight * bn.weight.grad)[:, None],
-            (bn.bias * bn.bias.grad)[:, None],
-        ]
+            assert signed is not None, "no gradient reached this unit"
+            return signed.abs().mean(dim=0)  # |per-example first-order change|, averaged over the batch
+        per_param = []
+        for block in members:
+            conv, bn = block[0], block[1]
+            per_param += [
+                (conv.weight * conv.weight.grad).flatten(1),
+                (bn.weight * bn.weight.grad)[:, None],
+                (bn.bias * bn.bias.grad)[:, None],
+            ]
         stacked = torch.cat(per_param, dim=1)
         if self.form == "weight":
             return stacked.sum(dim=1) ** 2
         return (stacked**2).sum(dim=1)
 
-    def scores(self, model: SqueezeFaceNet) -> dict[str, torch.Tensor]:
+    def scores(self, model: FaceEmbedder) -> dict[str, torch.Tensor]:
         if not self._count:
             raise RuntimeError("accumulate() at least one batch first")
         return _normalise_per_layer({name: s / self._count for name, s in self._sums.items()})
@@ -110,11 +119,11 @@ class MagnitudeImportance(Importance):
     name = "l1"
     needs_data = False
 
-    def scores(self, model: SqueezeFaceNet) -> dict[str, torch.Tensor]:
+    def scores(self, model: FaceEmbedder) -> dict[str, torch.Tensor]:
         return _normalise_per_layer(
             {
-                name: block[0].weight.detach().abs().flatten(1).sum(dim=1)
-                for name, block in prunable_layers(model).items()
+                name: sum(block[0].weight.detach().abs().flatten(1).sum(dim=1) for block in members)
+                for name, members in prunable_units(model).items()
             }
         )
 
@@ -126,10 +135,10 @@ class RandomImportance(Importance):
     def __init__(self, seed: int = 0) -> None:
         self._generator = torch.Generator().manual_seed(seed)
 
-    def scores(self, model: SqueezeFaceNet) -> dict[str, torch.Tensor]:
+    def scores(self, model: FaceEmbedder) -> dict[str, torch.Tensor]:
         return {
-            name: torch.rand(block[0].out_channels, generator=self._generator)
-            for name, block in prunable_layers(model).items()
+            name: torch.rand(members[0][0].out_channels, generator=self._generator)
+            for name, members in prunable_units(model).items()
         }
 
 

@@ -22,7 +22,7 @@ import torch
 
 from pruning.checkpoint import load_checkpoint, save_checkpoint
 from pruning.importance import create_importance, lowest_filters
-from pruning.models import SqueezeFaceNet, count_flops, count_params
+from pruning.models import FaceEmbedder, count_flops, count_params
 from pruning.surgery import filter_counts, remove_filters
 from pruning.train import DistillationData, distillation_loss, teacher_of, validate
 
@@ -53,13 +53,13 @@ class PruneConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
-def _loss(model: SqueezeFaceNet, batch: object) -> torch.Tensor:
+def _loss(model: FaceEmbedder, batch: object) -> torch.Tensor:
     x, targets = batch  # type: ignore[misc]
     return distillation_loss(model(x), targets)[0]
 
 
 def finetune(
-    model: SqueezeFaceNet, data: DistillationData, steps: int, config: PruneConfig, seed_step: int
+    model: FaceEmbedder, data: DistillationData, steps: int, config: PruneConfig, seed_step: int
 ) -> None:
     """Plain AdamW fine-tuning with a cosine decay over ``steps`` (a fresh optimiser: the shapes changed)."""
     if steps <= 0:
@@ -147,20 +147,20 @@ def prune(config: PruneConfig, progress: bool = True) -> dict[str, object]:
     return summary | {"history": history}
 
 
-def _current_min_keep(model: SqueezeFaceNet, min_keep: dict[str, int]) -> dict[str, int]:
+def _current_min_keep(model: FaceEmbedder, min_keep: dict[str, int]) -> dict[str, int]:
     return {name: min(min_keep[name], count) for name, count in filter_counts(model).items()}
 
 
 SIZE_KEYS = ("filters", "params", "flops")
 
 
-def size_record(model: SqueezeFaceNet) -> dict[str, object]:
+def size_record(model: FaceEmbedder) -> dict[str, object]:
     """Filters per prunable layer, parameters and FLOPs: what a level is compared with its dense model by."""
     return {"filters": filter_counts(model), "params": count_params(model), "flops": count_flops(model)}
 
 
 def _describe(
-    model: SqueezeFaceNet, original: dict[str, int], iteration: int, removed: dict[str, int], total: int
+    model: FaceEmbedder, original: dict[str, int], iteration: int, removed: dict[str, int], total: int
 ) -> dict[str, object]:
     size = size_record(model)
     gone = sum(original[k] - size["filters"][k] for k in original)  # type: ignore[index]
@@ -181,7 +181,7 @@ def _reached_at(history: list[dict[str, object]], level: float) -> int | None:
 
 
 def _snapshot_levels(
-    model: SqueezeFaceNet, data: DistillationData, history: list[dict[str, object]], config: PruneConfig
+    model: FaceEmbedder, data: DistillationData, history: list[dict[str, object]], config: PruneConfig
 ) -> None:
     """Finish every level first reached by the current iteration (``history[-1]``) that has no checkpoint.
 

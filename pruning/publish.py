@@ -25,7 +25,7 @@ from pruning.checkpoint import load_checkpoint, save_weights
 from pruning.data.faceset import load_validation
 from pruning.evaluate import crop_embedder, default_selection, evaluate, read_pairs
 from pruning.export import export_onnx, parity, publish_prepared
-from pruning.models import MODEL_CARD, SqueezeFaceNet
+from pruning.models import MODEL_CARD, FaceEmbedder
 from pruning.sface import SFACE, SFACE_NAME
 from pruning.teacher import TEACHER_NAME
 from pruning.train import teacher_of
@@ -142,7 +142,7 @@ class Benchmark:
 class Measurement:
     """A checkpoint exported to ONNX and measured on those bytes."""
 
-    model: SqueezeFaceNet
+    model: FaceEmbedder
     payload: dict
     onnx_path: Path
     lfw: dict[str, object]

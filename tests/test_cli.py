@@ -113,3 +113,14 @@ def test_eval_writes_every_pairs_score_and_decision(tmp_path: Path) -> None:
     threshold = json.loads(run_cli("models", "show", "squeezefacenet@3").stdout)["thresholds"]["1e-3"]
     assert all(int(r["match"]) == (float(r["score"]) >= threshold) for r in rows)
     assert min(float(r["score"]) for r in rows[:2]) > float(rows[2]["score"])
+
+
+def test_train_family_is_checked_before_any_work(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    unknown = run_cli("train", "--run-dir", str(run_dir), "--family", "vgg16")
+    assert unknown.returncode == 2 and "choose from squeezefacenet, mobilenetv2, resnet50" in unknown.stderr
+    with_init = run_cli("train", "--run-dir", str(run_dir), "--family", "resnet50", "--init", "x.pt")
+    assert with_init.returncode == 2 and "--init brings its own architecture" in with_init.stderr
+    pooling = run_cli("train", "--run-dir", str(run_dir), "--family", "mobilenetv2", "--pooling", "gdc")
+    assert pooling.returncode == 2 and "--pooling is a squeezefacenet option" in pooling.stderr
+    assert not run_dir.exists()

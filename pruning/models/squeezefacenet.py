@@ -29,12 +29,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-MODEL_CARD = {
-    "input_size": (112, 112),
-    "mean": (127.5, 127.5, 127.5),
-    "std": (128.0, 128.0, 128.0),
-    "alignment_template": "arcface_112",
-    "embedding_dim": 128,
+from pruning.models.base import INPUT_CARD, FaceEmbedder, conv_bn, init_weights
+
+MODEL_CARD = INPUT_CARD | {
     "family": "squeezefacenet",
     "paper": "https://arxiv.org/abs/2307.10377",
     "deviation": (
@@ -45,14 +42,9 @@ MODEL_CARD = {
 }
 
 
-def architecture_record(model: SqueezeFaceNet) -> dict[str, object]:
+def architecture_record(model: FaceEmbedder) -> dict[str, object]:
     """What a manifest says about the network: family, widths, pooling, and its departure from the paper."""
-    return {
-        "family": MODEL_CARD["family"],
-        "paper": MODEL_CARD["paper"],
-        "deviation": MODEL_CARD["deviation"],
-        "config": model.config.to_dict(),
-    }
+    return model.architecture_record()
 
 
 # Side of the last feature map for the 112×112 input (stride 16); a GDC kernel covers it whole.
@@ -93,14 +85,6 @@ class SqueezeFaceNetConfig:
         return cls(**data)  # type: ignore[arg-type]
 
 
-def conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(out_ch),
-        nn.ReLU(inplace=True),
-    )
-
-
 class Fire(nn.Module):
     def __init__(self, in_ch: int, squeeze: int, expand1: int, expand3: int) -> None:
         super().__init__()
@@ -117,7 +101,11 @@ class Fire(nn.Module):
         return torch.cat([self.expand1(x), self.expand3(x)], dim=1)
 
 
-class SqueezeFaceNet(nn.Module):
+class SqueezeFaceNet(FaceEmbedder):
+    family = str(MODEL_CARD["family"])
+    paper = str(MODEL_CARD["paper"])
+    deviation = str(MODEL_CARD["deviation"])
+
     def __init__(self, config: SqueezeFaceNetConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or SqueezeFaceNetConfig()
@@ -143,14 +131,30 @@ class SqueezeFaceNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_weights(self)
         if isinstance(self.global_pool, nn.Conv2d):
             nn.init.constant_(self.global_pool.weight, 1 / FEATURE_MAP**2)  # starts as global average pooling
+
+    def prunable_units(self) -> dict[str, list[nn.Sequential]]:
+        """One convolution per unit (nothing couples output channels here); the embedding never goes."""
+        units = {"stem": [self.stem]}
+        for index, fire in enumerate(self.fires):
+            number = index + 2  # SqueezeNet numbers its Fire modules from 2
+            units[f"fire{number}.squeeze"] = [fire.squeeze]
+            units[f"fire{number}.expand1"] = [fire.expand1]
+            units[f"fire{number}.expand3"] = [fire.expand3]
+        units["head"] = [self.head]
+        return units
+
+    def sync_config(self) -> SqueezeFaceNetConfig:
+        config = self.config
+        config.stem = self.stem[0].out_channels
+        config.fires = [
+            (f.squeeze[0].out_channels, f.expand1[0].out_channels, f.expand3[0].out_channels)
+            for f in self.fires
+        ]
+        config.head = self.head[0].out_channels
+        return config
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.stem(x))
@@ -174,6 +178,8 @@ def create_model(config: SqueezeFaceNetConfig | dict[str, object] | None = None)
 
 def with_pooling(model: SqueezeFaceNet, pooling: str) -> SqueezeFaceNet:
     """The same network with another pooling; GAP → GDC keeps every output (the GDC starts at 1/49)."""
+    if not isinstance(model, SqueezeFaceNet):
+        raise ValueError(f"only squeezefacenet has a pooling choice, not {model.family}")
     if model.config.pooling == pooling:
         return model
     if pooling != "gdc":
