@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -18,6 +12,7 @@ import pytest
 
 from model_store import ModelStore
 from tests.api_support import E2E
+from tests.live_server import Server, start_server
 
 pytest_plugins = ["tests.api_fixtures"]
 
@@ -29,62 +24,16 @@ PHOTO_A = E2E / "deepface" / "img1.jpg"
 PHOTO_B = E2E / "deepface" / "img2.jpg"
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    base_url: str
-    log: Path
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(
-                signal.SIGTERM
-            )  # uvicorn shuts down gracefully, lifespan closes the gallery
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(mixed_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("uvicorn")
-    port = free_port()
-    env = {
-        **os.environ,
+    settings = {
         "FACEVERIFY_STORE_PATH": str(mixed_store.root),
         "FACEVERIFY_GALLERY_URL": f"sqlite:///{folder}/gallery.db",
         "FACEVERIFY_API_KEY": API_KEY,
         "FACEVERIFY_MAX_BODY_BYTES": str(BODY_CAP),
     }
-    log = folder / "server.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "faceverify.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    srv = Server(process, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{srv.base_url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server not ready within 60 s:\n" + log.read_text()
-        time.sleep(0.2)
+    srv = start_server(settings, folder / "server.log")
     yield srv
     srv.stop()
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -23,7 +20,7 @@ from fastapi.testclient import TestClient
 from service.api.routes.demo import CONTENT_SECURITY_POLICY, DEMO_DIR
 from service.main import create_app
 from tests.api_support import E2E, REAL_STORE_ROOT, make_settings, needs_real_model
-from tests.test_api_uvicorn import Server, free_port
+from tests.live_server import Server, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 DEEPFACE = E2E / "deepface"
@@ -78,33 +75,12 @@ def test_demo_is_served_with_a_strict_csp(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("demo-server")
-    port = free_port()
-    env = {
-        **os.environ,
+    settings = {
         "FACEVERIFY_STORE_PATH": str(REAL_STORE_ROOT),
         "FACEVERIFY_GALLERY_URL": f"sqlite:///{folder}/gallery.db",
         "FACEVERIFY_API_KEY": API_KEY,
     }
-    log = folder / "server.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "faceverify.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    srv = Server(process, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 90
-    while True:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{srv.base_url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server not ready within 90 s:\n" + log.read_text()
-        time.sleep(0.2)
+    srv = start_server(settings, folder / "server.log")
     yield srv
     srv.stop()
 

@@ -7,16 +7,12 @@ either backend. The store holds the committed detector and default embedder only
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -29,31 +25,13 @@ from service.gallery import open_gallery
 from service.main import create_app
 from tests.api_support import E2E, REAL_STORE_ROOT, needs_real_model
 from tests.conftest import fresh_database
-from tests.pg_server import PostgresServer, free_port
+from tests.live_server import Server, start_server
+from tests.pg_server import PostgresServer
 
 pytestmark = needs_real_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BBT = E2E / "bbt"
-
-
-@dataclass
-class Api:
-    process: subprocess.Popen[bytes]
-    base_url: str
-    log: Path
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=60)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -70,29 +48,9 @@ def lean_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
     return store
 
 
-def start_api(store: ModelStore, gallery_url: str, log: Path) -> Api:
-    port = free_port()
-    env = {**os.environ, "FACEVERIFY_STORE_PATH": str(store.root), "FACEVERIFY_GALLERY_URL": gallery_url}
-    env.pop("FACEVERIFY_API_KEY", None)
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "faceverify.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    api = Api(process, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{api.base_url}/readyz", timeout=1).status_code == 200:
-                return api
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "API not ready within 60 s:\n" + log.read_text()
-        time.sleep(0.2)
+def start_api(store: ModelStore, gallery_url: str, log: Path) -> Server:
+    settings = {"FACEVERIFY_STORE_PATH": str(store.root), "FACEVERIFY_GALLERY_URL": gallery_url}
+    return start_server(settings, log, ready_within=60)
 
 
 def photo(person: str, index: int) -> tuple[str, bytes, str]:
@@ -109,7 +67,7 @@ def identify(client: httpx.Client, person: str, index: int) -> list[str]:
 @pytest.fixture(scope="module")
 def replicas(
     lean_store: ModelStore, postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Api, Api]]:
+) -> Iterator[tuple[Server, Server]]:
     folder = tmp_path_factory.mktemp("replicas")
     url = fresh_database(postgres_server)
     # Started together: both apply the migrations at start-up; the advisory lock lets one do it.
@@ -120,7 +78,7 @@ def replicas(
     two.stop()
 
 
-def test_two_replicas_share_one_postgres(replicas: tuple[Api, Api]) -> None:
+def test_two_replicas_share_one_postgres(replicas: tuple[Server, Server]) -> None:
     one, two = replicas
     with one.client() as a, two.client() as b:
         for person in ("penny", "sheldon", "amy"):
