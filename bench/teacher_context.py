@@ -103,7 +103,7 @@ def main() -> None:
     args = parser.parse_args()
 
     crops_root = (args.data or data_root()) / "crops"
-    data = DistillationData.load(crops_root)
+    data = DistillationData.load(crops_root, teacher="dlib")  # this bench is about the dlib chip
     teacher = DlibTeacher()
     result = {
         "context": context_experiment(
