@@ -107,7 +107,13 @@ def load_faceset(
             if descriptor_file is None:
                 parts["teacher"].append(np.zeros((int(mask.sum()), 0), np.float32))
             else:
-                parts["teacher"].append(np.load(descriptor_file)[mask])
+                descriptors = np.load(descriptor_file)
+                if descriptors.ndim != 2 or len(descriptors) != len(accepted):
+                    raise RuntimeError(
+                        f"{descriptor_file}: shape {descriptors.shape} does not fit the shard's "
+                        f"{len(accepted)} faces; delete it and rerun `faceverify teacher`"
+                    )
+                parts["teacher"].append(descriptors[mask])
             if mirror_file is not None and mirror_file.exists():
                 parts["mirror"].append(np.load(mirror_file)[mask])
             else:
