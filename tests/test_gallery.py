@@ -3,11 +3,13 @@ search). Keys, matching, durability, concurrency; vectors made up here. Backend-
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.synchronize import Barrier as BarrierType
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +243,27 @@ def test_sqlite_pragmas_wal_and_full_sync(sqlite_gallery: SQLiteGallery) -> None
     conn = sqlite_gallery._conn()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def _open_at_the_barrier(path: str, barrier: BarrierType) -> None:
+    barrier.wait()
+    SQLiteGallery(Path(path)).close()
+
+
+def test_sqlite_workers_opening_a_new_file_together_all_start(tmp_path: Path) -> None:
+    # gunicorn's workers open the gallery at the same moment; the first one's switch to WAL must not make
+    # another fail with "database is locked" (seen in CI: a worker that failed to boot).
+    context = multiprocessing.get_context("fork")
+    for attempt in range(10):
+        path = tmp_path / f"gallery-{attempt}.sqlite3"
+        barrier = context.Barrier(6)
+        workers = [context.Process(target=_open_at_the_barrier, args=(str(path), barrier)) for _ in range(6)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(30)
+        assert [w.exitcode for w in workers] == [0] * 6, f"attempt {attempt}"
+        assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_sqlite_embeddings_are_stored_as_float32_blobs(sqlite_gallery: SQLiteGallery) -> None:

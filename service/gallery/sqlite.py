@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -90,9 +91,25 @@ class SQLiteGallery:
         self._cache_lock = threading.Lock()
         self._blas = ThreadpoolController()
         self._blas_lock = threading.Lock()
-        conn = self._conn()
-        conn.execute("PRAGMA journal_mode=WAL")  # persistent: recorded in the database file
-        conn.executescript(_SCHEMA)
+        self._initialise(self._conn())
+
+    def _initialise(self, conn: sqlite3.Connection) -> None:
+        """WAL mode (persistent: recorded in the file) and the schema, safe for workers starting together.
+
+        Switching to WAL needs an exclusive lock, and SQLite answers "database is locked" at once, without
+        its busy handler, when another connection holds the file; so retry until the busy timeout passes.
+        """
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     # ---- connections -------------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
