@@ -105,12 +105,12 @@ def real_faces(work: Path, lfw_identities: int) -> dict:
     if cache.exists():
         data = np.load(cache, allow_pickle=False)
         return {k: data[k] for k in data.files}
+    from faces.detect import DetectorConfig, MTCNNDetector
+    from faces.embed import Embedder
+    from faces.pipeline import FacePipeline, Timings
     from model_store import ModelStore
     from service.config import Settings
     from service.errors import DomainError
-    from service.inference.embedder import Embedder
-    from service.inference.pipeline import FacePipeline, Timings
-    from service.vision.detect import DetectorConfig, MTCNNDetector
 
     settings = Settings()
     store = ModelStore(settings.store_path)
@@ -260,10 +260,10 @@ def plant_postgres(url: str, key: VariantKey, ref: str, faces: dict) -> None:
 
 def variant_key() -> tuple[VariantKey, str, int]:
     """The default variant's gallery key, reference and dimension (read from the store, nothing embedded)."""
+    from faces.embed import Embedder
     from model_store import ModelStore
     from service.config import Settings
-    from service.inference.embedder import Embedder
-    from service.inference.variants import gallery_key
+    from service.gallery import gallery_key
 
     settings = Settings()
     store = ModelStore(settings.store_path)

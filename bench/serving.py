@@ -33,14 +33,14 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from faces.align import align_face
+from faces.decode import decode_image
+from faces.detect import DetectorConfig, MTCNNDetector
+from faces.embed import Embedder
+from faces.pipeline import FacePipeline, Timings, cosine
 from model_store import DEFAULT_ROOT, ModelStore
 from service.config import Settings
 from service.errors import DomainError
-from service.inference.embedder import Embedder
-from service.inference.pipeline import FacePipeline, Timings, cosine
-from service.vision.align import align_face
-from service.vision.decode import decode_image
-from service.vision.detect import DetectorConfig, MTCNNDetector
 
 ROOT = Path(__file__).resolve().parents[1]
 LFW = ROOT.parent / "shared/datasets/lfw/images"

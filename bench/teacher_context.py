@@ -22,12 +22,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from faces.align import estimate_similarity, get_template
+from faces.decode import decode_image
 from pruning.calibrate import calibrate
 from pruning.data.paths import data_root
 from pruning.teacher import DlibTeacher
 from pruning.train import DistillationData
-from service.vision.align import estimate_similarity, get_template
-from service.vision.decode import decode_image
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 

@@ -19,10 +19,10 @@ from typing import Literal
 
 import numpy as np
 
+from faces.align import align_face, get_template
+from faces.decode import decode_image
+from faces.detect import DetectorConfig, MTCNNDetector
 from model_store import ModelStore
-from service.vision.align import align_face, get_template
-from service.vision.decode import decode_image
-from service.vision.detect import DetectorConfig, MTCNNDetector
 
 
 @dataclass(frozen=True)

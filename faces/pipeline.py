@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from service.errors import DomainError, FaceTooSmall, MultipleFaces, NoFaceDetected
-from service.inference.embedder import Embedder
-from service.vision.align import align_face
-from service.vision.decode import decode_image
-from service.vision.detect import Face, MTCNNDetector, shrink_for_detection
+from faces.align import align_face
+from faces.decode import decode_image
+from faces.detect import Face, MTCNNDetector, shrink_for_detection
+from faces.embed import Embedder
+from faces.errors import DomainError, FaceTooSmall, MultipleFaces, NoFaceDetected
 
 # Border added for the second detection pass, as a fraction of the image's shorter side (at least 16 px).
 _RETRY_PAD_FRACTION = 0.2
@@ -68,7 +68,7 @@ class FacePipeline:
         """Embed the largest face of ``data`` with every embedder given.
 
         ``single_face`` refuses photos with more than one face (enrolment must not guess who is meant);
-        ``field_name`` names the request part in errors. Raises the typed errors of ``service.errors``.
+        ``field_name`` names the request part in errors. Raises the typed errors of ``faces.errors``.
         """
         try:
             return self._process(data, embedders, timings, single_face=single_face, field_name=field_name)

@@ -84,10 +84,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     import cv2
 
+    from faces.align import align_face
+    from faces.decode import decode_image
+    from faces.detect import DetectorConfig, MTCNNDetector
     from service.errors import DomainError
-    from service.vision.align import align_face
-    from service.vision.decode import decode_image
-    from service.vision.detect import DetectorConfig, MTCNNDetector
 
     detector = MTCNNDetector.from_store(
         ModelStore(args.store), args.detector, DetectorConfig(min_face_size=args.min_face_size)
@@ -158,8 +158,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 # ---- eval -----------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pruning.data.paths import data_root
-    from pruning.evaluate import (
+    from faces.evaluation import (
         crop_embedder,
         default_selection,
         evaluate,
@@ -167,6 +166,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         write_report,
         write_scores,
     )
+    from pruning.data.paths import data_root
 
     store = ModelStore(args.store)
     if args.teacher:
@@ -178,7 +178,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         label, embed = load_embedder_checkpoint(args.torch)
     elif args.variant:
-        from service.inference.embedder import Embedder
+        from faces.embed import Embedder
 
         embedder = Embedder.from_store(store, args.variant, intra_op_threads=args.threads)
         label, embed = embedder.ref, crop_embedder(embedder.embed, embedder.template)

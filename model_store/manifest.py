@@ -31,7 +31,7 @@ class InputSpec(_Strict):
     # Per-channel, applied to 0..255 pixel values: (x - mean) / std.
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    # Name of the 5-point template in service.vision.align that produced the crops (embedders only).
+    # Name of the 5-point template in faces.align that produced the crops (embedders only).
     alignment_template: str | None = None
 
 

@@ -10,9 +10,9 @@ import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 
+from faces.tensor import crops_to_tensor
 from model_store import InputSpec, Manifest, ModelStore, OutputSpec, Provenance
 from pruning.models import MODEL_CARD, FaceEmbedder, architecture_record, count_flops, count_params
-from service.vision.tensor import crops_to_tensor
 
 OPSET = 18
 

@@ -17,19 +17,19 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from faces.evaluation import crop_embedder, default_selection, evaluate, read_pairs
+from faces.tensor import crops_to_tensor
 from model_store import Manifest, ModelStore, Provenance
 from model_store.manifest import DataSource
 from model_store.store import sha256_file
 from pruning.calibrate import calibrate
 from pruning.checkpoint import load_checkpoint, save_weights
 from pruning.data.faceset import load_validation
-from pruning.evaluate import crop_embedder, default_selection, evaluate, read_pairs
 from pruning.export import export_onnx, parity, publish_prepared
 from pruning.models import MODEL_CARD, FaceEmbedder
 from pruning.sface import SFACE, SFACE_NAME
 from pruning.teacher import TEACHER_NAME
 from pruning.train import teacher_of
-from service.vision.tensor import crops_to_tensor
 
 LFW_KEYS = (
     "accuracy_mean",

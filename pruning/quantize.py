@@ -26,11 +26,11 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from faces.embed import Embedder
+from faces.tensor import crops_to_tensor
 from model_store import Manifest, ModelStore
 from pruning.calibrate import calibrate
 from pruning.data.faceset import FaceSet, load_validation
-from service.inference.embedder import Embedder
-from service.vision.tensor import crops_to_tensor
 
 Method = Literal["minmax", "entropy", "percentile"]
 _METHODS = {
@@ -185,7 +185,7 @@ def quantize_variant(
             },
         }
         if pairs is not None and images_root is not None:
-            from pruning.evaluate import crop_embedder, default_selection, evaluate, read_pairs
+            from faces.evaluation import crop_embedder, default_selection, evaluate, read_pairs
             from pruning.publish import LFW_KEYS
 
             lfw = evaluate(

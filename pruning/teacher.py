@@ -62,7 +62,7 @@ def _init_worker(photos_root: str) -> None:
 
 
 def _describe(job: tuple[str, list[float]]) -> np.ndarray:
-    from service.vision.decode import decode_image
+    from faces.decode import decode_image
 
     rel, box = job
     root: Path = _worker["root"]  # type: ignore[assignment]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from faces.detect import DetectorConfig, MTCNNDetector
+from faces.pipeline import FacePipeline
+from faces.variants import VariantRegistry
 from model_store import ModelStore
 from service.config import Settings
 from service.gallery import Gallery, PostgresOptions, open_gallery
-from service.inference.pipeline import FacePipeline
-from service.inference.variants import VariantRegistry
-from service.vision.detect import DetectorConfig, MTCNNDetector
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pruning.calibrate import calibrate
-from pruning.evaluate import (
+from faces.evaluation import (
     best_threshold,
     centre_fallback,
     evaluate,
@@ -18,6 +17,7 @@ from pruning.evaluate import (
     verification_metrics,
     write_report,
 )
+from pruning.calibrate import calibrate
 from tests.conftest import DATA
 
 BBT = DATA / "e2e" / "bbt"
@@ -132,8 +132,8 @@ def test_end_to_end_on_real_photos(tmp_path: Path, teacher_embed) -> None:
 
 
 def test_face_selection_policies(tmp_path: Path) -> None:
-    from pruning.evaluate import default_selection, select_face
-    from service.vision.detect import Face
+    from faces.detect import Face
+    from faces.evaluation import default_selection, select_face
 
     def face(x1: float, y1: float, side: float) -> Face:
         return Face(np.array([x1, y1, x1 + side, y1 + side], np.float32), 0.99, np.zeros((5, 2), np.float32))

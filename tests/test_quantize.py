@@ -10,12 +10,12 @@ import numpy as np
 import onnx
 import pytest
 
+from faces.embed import Embedder
 from faceverify.cli import main
 from model_store import ModelStore
 from pruning.data.faceset import load_validation
 from pruning.data.prep import PrepConfig, prepare
 from pruning.quantize import LfwCalibrationError, QuantConfig, quantize_variant
-from service.inference.embedder import Embedder
 from tests.conftest import DATA
 
 BBT = DATA / "e2e" / "bbt"

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from service.vision.detect import Face, MTCNNDetector
+    from faces.detect import Face, MTCNNDetector
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
@@ -89,7 +89,7 @@ def detect_padded(detector: MTCNNDetector, image: np.ndarray, pad_fraction: floa
     """Faces of ``image`` found on a black-bordered copy, in the original image's coordinates."""
     import cv2
 
-    from service.vision.detect import Face
+    from faces.detect import Face
 
     pad = round(pad_fraction * max(image.shape[:2]))
     if pad == 0:
@@ -106,8 +106,8 @@ _worker: dict[str, object] = {}
 
 
 def _init_worker(folder: str, config: PrepConfig, store_root: str) -> None:
+    from faces.detect import DetectorConfig, MTCNNDetector
     from model_store import ModelStore
-    from service.vision.detect import DetectorConfig, MTCNNDetector
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     detector = MTCNNDetector.from_store(
@@ -119,9 +119,9 @@ def _init_worker(folder: str, config: PrepConfig, store_root: str) -> None:
 
 
 def _process(rel: str) -> tuple[dict[str, object], np.ndarray | None]:
+    from faces.align import align_face
+    from faces.decode import decode_image
     from service.errors import DomainError
-    from service.vision.align import align_face
-    from service.vision.decode import decode_image
 
     folder: Path = _worker["folder"]  # type: ignore[assignment]
     config: PrepConfig = _worker["config"]  # type: ignore[assignment]

@@ -20,7 +20,7 @@ from service.api.deps import (
 from service.api.errors import IMAGE_ERRORS, problem_responses
 from service.api.routes import API_PREFIX
 from service.api.routes._common import embed_uploads
-from service.inference.variants import gallery_key
+from service.gallery import gallery_key
 from service.schemas import Candidate, FaceSummary, IdentifyResponse
 
 router = APIRouter(prefix=API_PREFIX, tags=["gallery"])

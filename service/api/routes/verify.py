@@ -7,11 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
 
+from faces.pipeline import cosine
 from service.api.deps import AdmissionDep, EmbedderDep, MetricsDep, PipelineDep, SettingsDep, sent_once
 from service.api.errors import IMAGE_ERRORS, problem_responses
 from service.api.routes import API_PREFIX
 from service.api.routes._common import embed_uploads
-from service.inference.pipeline import cosine
 from service.schemas import FaceSummary, VerifyResponse
 
 router = APIRouter(prefix=API_PREFIX, tags=["faces"])
