@@ -105,7 +105,6 @@ def real_faces(work: Path, lfw_identities: int) -> dict:
     if cache.exists():
         data = np.load(cache, allow_pickle=False)
         return {k: data[k] for k in data.files}
-    from faces.detect import DetectorConfig, MTCNNDetector
     from faces.embed import Embedder
     from faces.pipeline import FacePipeline, Timings
     from model_store import ModelStore
@@ -114,10 +113,7 @@ def real_faces(work: Path, lfw_identities: int) -> dict:
 
     settings = Settings()
     store = ModelStore(settings.store_path)
-    detector = MTCNNDetector.from_store(
-        store, settings.detector_model, DetectorConfig(min_face_size=settings.min_face_size)
-    )
-    pipeline = FacePipeline(detector, max_pixels=settings.max_pixels, min_face_px=settings.min_face_px)
+    pipeline = FacePipeline.from_spec(settings.preprocess_spec(), store)
     embedder = Embedder.from_store(store, str(store.resolve(settings.default_variant)))
 
     def embed(path: Path) -> np.ndarray | None:

@@ -1,5 +1,7 @@
-"""One image through decode → detect → align → embed, timing each stage.
+"""One photo through decode → detect → choose a face → quality gates → align → embed, from one spec.
 
+The service, ``faceverify prep``/``eval``/``detect``/``publish`` and ``bench/`` all build this object from a
+:class:`~faces.spec.PreprocessSpec` (``FacePipeline.from_spec``): there is no second assembly of the steps.
 Everything here is blocking CPU work; the routes call it through a thread pool. It holds no per-request
 state, and ONNX Runtime sessions accept concurrent ``run`` calls, so one pipeline serves all requests.
 """
@@ -16,12 +18,13 @@ import numpy as np
 
 from faces.align import align_face
 from faces.decode import decode_image
-from faces.detect import Face, MTCNNDetector, shrink_for_detection
+from faces.detect import DetectorConfig, Face, MTCNNDetector, shrink_for_detection
 from faces.embed import Embedder
 from faces.errors import DomainError, FaceTooSmall, MultipleFaces, NoFaceDetected
+from faces.quality import Rejection, gate, select_face
+from faces.spec import SERVING, PreprocessSpec
+from model_store import ModelStore
 
-# Border added for the second detection pass, as a fraction of the image's shorter side (at least 16 px).
-_RETRY_PAD_FRACTION = 0.2
 _MIN_RETRY_PAD_PX = 16
 
 
@@ -42,6 +45,20 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class Acquired:
+    """What the spec made of one photo: every face found, the chosen one, and why it was refused if it was."""
+
+    faces: list[Face]
+    face: Face | None
+    rejection: Rejection | None = None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.face is not None and self.rejection is None
+
+
+@dataclass(frozen=True)
 class FaceResult:
     """The face a request is about, and its embedding under each requested variant (ref → (D,) vector)."""
 
@@ -51,11 +68,91 @@ class FaceResult:
 
 
 class FacePipeline:
-    def __init__(self, detector: MTCNNDetector, *, max_pixels: int, min_face_px: int) -> None:
+    def __init__(self, detector: MTCNNDetector, spec: PreprocessSpec = SERVING) -> None:
+        if detector.config.min_face_size != spec.min_face_size or detector.config.max_image_side is not None:
+            # The spec owns the pyramid and the shrinking; a detector configured otherwise would make other
+            # crops than the spec says.
+            raise ValueError("the detector's config must come from the spec (FacePipeline.from_spec)")
         self.detector = detector
-        self.max_pixels = max_pixels
-        self.min_face_px = min_face_px
+        self.spec = spec
 
+    @classmethod
+    def from_spec(
+        cls, spec: PreprocessSpec, store: ModelStore | None = None, *, intra_op_threads: int = 1
+    ) -> FacePipeline:
+        store = store or ModelStore()
+        # Pinned to the exact version, so that a manifest recording this spec names the detector it used.
+        spec = spec.model_copy(update={"detector": str(store.resolve(spec.detector))})
+        detector = MTCNNDetector.from_store(store, spec.detector, detector_config(spec, intra_op_threads))
+        return cls(detector, spec)
+
+    # ---- the steps --------------------------------------------------------------------------------
+    def decode(self, data: bytes) -> np.ndarray:
+        return decode_image(data, max_pixels=self.spec.max_pixels)  # errors already carry a client message
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """All faces, largest first, in ``image``'s coordinates, found the spec's way.
+
+        A large photo is shrunk once, here, so that the padded copy detection sees fits ``max_detect_side``;
+        the padding is added to the small copy (padding the full-resolution image would copy tens of
+        megabytes only to shrink them again).
+
+        ``detect_pad_fraction``: MTCNN needs context around a face. On a tight portrait it often still finds
+        the face but misplaces the landmarks (crops of a nose or a mouth); a black border restores the
+        context, and alignment reads the original pixels. ``retry_pad_fraction``: a photo without any face
+        gets a second look with its edges replicated (as alignment's BORDER_REPLICATE does), where MTCNN's
+        candidate windows would otherwise reach outside the image. Costs a second pass only on face-less
+        photos.
+        """
+        spec = self.spec
+        budget = spec.max_detect_side
+        if budget is not None:
+            budget = max(1, int(budget / (1 + 2 * spec.detect_pad_fraction)))
+        small, shrink = shrink_for_detection(image, budget)
+        faces = self._detect_bordered(
+            small, spec.detect_pad_fraction * max(small.shape[:2]), cv2.BORDER_CONSTANT
+        )
+        if not faces and spec.retry_pad_fraction > 0:
+            pad = max(_MIN_RETRY_PAD_PX, spec.retry_pad_fraction * min(small.shape[:2]))
+            faces = self._detect_bordered(small, pad, cv2.BORDER_REPLICATE)
+        if shrink == 1.0:
+            return faces
+        scale = np.float32(1.0 / shrink)
+        return [Face(box=f.box * scale, score=f.score, landmarks=f.landmarks * scale) for f in faces]
+
+    def _detect_bordered(self, image: np.ndarray, pad: float, border: int) -> list[Face]:
+        pad_px = round(pad)
+        if pad_px == 0:
+            return self.detector.detect(image)
+        padded = cv2.copyMakeBorder(image, pad_px, pad_px, pad_px, pad_px, border, value=0)
+        offset = np.float32(pad_px)
+        return [
+            Face(box=f.box - offset, score=f.score, landmarks=f.landmarks - offset)
+            for f in self.detector.detect(padded)
+        ]
+
+    def acquire(self, image: np.ndarray, *, box: np.ndarray | None = None) -> Acquired:
+        """Detect, choose the face the photo is about, and apply the quality gates."""
+        faces = self.detect(image)
+        face = select_face(faces, image.shape[0], image.shape[1], self.spec, box)
+        if face is None:
+            return Acquired(faces, None, "no_face", "no face found")
+        failed = gate(face, self.spec)
+        if failed:
+            return Acquired(faces, face, *failed)
+        return Acquired(faces, face)
+
+    def align(self, image: np.ndarray, face: Face, template: str | None = None) -> np.ndarray:
+        """(112, 112, 3) uint8 crop; ``template``: a variant's own (its manifest), else the spec's."""
+        return align_face(image, face.landmarks, template or self.spec.template)
+
+    def crop(self, data: bytes) -> tuple[Acquired, np.ndarray | None]:
+        """Photo bytes → what was found and the aligned crop of the chosen face (None when refused)."""
+        image = self.decode(data)
+        found = self.acquire(image)
+        return found, (self.align(image, found.face) if found.ok and found.face is not None else None)
+
+    # ---- one request --------------------------------------------------------------------------------
     def process(
         self,
         data: bytes,
@@ -65,7 +162,7 @@ class FacePipeline:
         single_face: bool = False,
         field_name: str | None = None,
     ) -> FaceResult:
-        """Embed the largest face of ``data`` with every embedder given.
+        """Embed the face ``data`` is about with every embedder given.
 
         ``single_face`` refuses photos with more than one face (enrolment must not guess who is meant);
         ``field_name`` names the request part in errors. Raises the typed errors of ``faces.errors``.
@@ -86,61 +183,38 @@ class FacePipeline:
         field_name: str | None,
     ) -> FaceResult:
         with timings.stage("decode"):
-            image = decode_image(data, max_pixels=self.max_pixels)  # errors already carry a client message
+            image = self.decode(data)
         with timings.stage("detect"):
-            faces = self.detect(image)
+            found = self.acquire(image)
         where = f" in {field_name}" if field_name else ""
-        if not faces:
+        if found.face is None:
             raise NoFaceDetected(f"No face was found{where}.")
-        if single_face and len(faces) > 1:
+        if single_face and len(found.faces) > 1:
             raise MultipleFaces(
-                f"{len(faces)} faces were found{where}; an enrolment photo must show one person.",
-                face_count=len(faces),
+                f"{len(found.faces)} faces were found{where}; an enrolment photo must show one person.",
+                face_count=len(found.faces),
             )
-        face = faces[0]  # largest first
-        if min(face.width, face.height) < self.min_face_px:
+        if found.rejection == "too_small":
             raise FaceTooSmall(
-                f"The face{where} is smaller than {self.min_face_px} pixels; send a closer or sharper photo."
+                f"The face{where} is smaller than {self.spec.min_face_px} pixels; "
+                "send a closer or sharper photo."
             )
+        if found.rejection is not None:  # low score or implausible landmarks: not a face we can trust
+            raise NoFaceDetected(f"No usable face was found{where}.")
+        face = found.face
         embeddings: dict[str, np.ndarray] = {}
         crops: dict[str, np.ndarray] = {}  # template name → crop, shared by variants on the same template
         for embedder in embedders:
             crop = crops.get(embedder.template)
             if crop is None:
                 with timings.stage("align"):
-                    crop = align_face(image, face.landmarks, embedder.template)[None]
+                    crop = self.align(image, face, embedder.template)[None]
                 crops[embedder.template] = crop
             with timings.stage("embed", embedder.ref):
                 embeddings[embedder.ref] = embedder.embed(crop)[0]
-        return FaceResult(face=face, face_count=len(faces), embeddings=embeddings)
-
-    def detect(self, image: np.ndarray) -> list[Face]:
-        """All faces, largest first; a photo without any gets a second look with a border added.
-
-        Clients often send tight face crops (ID-photo crops, the output of another detector). There the face
-        touches the edges, MTCNN's candidate windows would reach outside the image, and it finds nothing.
-        Replicating the edge (as alignment's BORDER_REPLICATE does) restores the context; the results are
-        shifted back into the original image's coordinates. Costs a second pass only on face-less photos.
-
-        A large photo is shrunk once, here, and both passes run on the small copy: padding the
-        full-resolution image would copy tens of megabytes only to shrink them again.
-        """
-        small, shrink = shrink_for_detection(image, self.detector.config.max_image_side)
-        faces = self.detector.detect(small)
-        if not faces:
-            pad = max(_MIN_RETRY_PAD_PX, round(_RETRY_PAD_FRACTION * min(small.shape[:2])))
-            padded = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-            offset = np.float32(pad)
-            faces = [
-                Face(box=f.box - offset, score=f.score, landmarks=f.landmarks - offset)
-                for f in self.detector.detect(padded)
-            ]
-        if shrink == 1.0:
-            return faces
-        scale = np.float32(1.0 / shrink)
-        return [Face(box=f.box * scale, score=f.score, landmarks=f.landmarks * scale) for f in faces]
+        return FaceResult(face=face, face_count=len(found.faces), embeddings=embeddings)
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Similarity of two unit vectors (the embedder normalises), clipped against float drift."""
-    return float(np.clip(np.dot(a, b), -1.0, 1.0))
+def detector_config(spec: PreprocessSpec, intra_op_threads: int = 1) -> DetectorConfig:
+    # No max_image_side: the pipeline shrinks, so that the border is part of the budget.
+    return DetectorConfig(min_face_size=spec.min_face_size, intra_op_threads=intra_op_threads)

@@ -35,6 +35,39 @@ class InputSpec(_Strict):
     alignment_template: str | None = None
 
 
+class PreprocessSpec(_Strict):
+    """Photo → aligned crop: every setting of decode → detect → choose a face → quality gates → align.
+
+    The schema lives here so that a manifest can carry it typed (``model_store`` imports nothing of ours);
+    ``faces.spec`` holds the presets and ``faces.pipeline.FacePipeline.from_spec`` runs it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "serving"
+    detector: str = Field(default="mtcnn", description="store ref of the face detector")
+    # Smallest face searched, in pixels of the image detection sees (after shrinking).
+    min_face_size: int = Field(default=40, ge=12)
+    # Longest side of the image detection sees, border included; larger photos are shrunk for detection
+    # only (alignment reads the full-resolution pixels). None: never shrink.
+    max_detect_side: int | None = Field(default=1280, ge=64)
+    # Detection runs on a copy with a black border of this fraction of the longer side; alignment reads the
+    # original. 0: detect on the photo as it is.
+    detect_pad_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    # No face found: one more pass with the edges replicated by this fraction of the shorter side (at least
+    # 16 px). 0: no retry.
+    retry_pad_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+    # Which detected face a photo is about: the largest, the one nearest the image centre, or the one that
+    # overlaps a given box most.
+    selection: Literal["largest", "centre", "box"] = "largest"
+    # Quality gates on the chosen face (a face failing one is refused, never silently replaced).
+    min_score: float = Field(default=0.0, ge=0.0, le=1.0)
+    check_landmarks: bool = False
+    min_face_px: int = Field(default=32, ge=0, description="shorter side of the chosen face's box")
+    max_pixels: int = Field(default=25_000_000, ge=1, description="decoded pixels a photo may have")
+    template: str = Field(default="arcface_112", description="5-point alignment template of the crops")
+
+
 class OutputSpec(_Strict):
     embedding_dim: int = Field(gt=0)
     normalised: bool
@@ -79,6 +112,10 @@ class Manifest(_Strict):
     quantization: dict[str, Any] | None = None
     # The network as built (family, widths, pooling) and where it departs from its paper.
     architecture: dict[str, Any] | None = None
+    # Use → the preprocessing it was measured or is served with: "serving" (what the API runs on this
+    # variant), and one entry per benchmark in ``metrics`` (e.g. "lfw"). Absent in manifests published
+    # before the spec existed: they were served with the serving preset and measured with its ancestors.
+    preprocess: dict[str, PreprocessSpec] | None = None
 
     @property
     def ref(self) -> str:

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from faces.evaluation import crop_embedder, default_selection, evaluate, read_pairs
+from faces.evaluation import benchmark_spec, crop_embedder, evaluate, read_pairs
+from faces.spec import manifest_record
 from faces.tensor import crops_to_tensor
 from model_store import Manifest, ModelStore, Provenance
 from model_store.manifest import DataSource
@@ -178,7 +179,7 @@ def measured(
             crop_embedder(embed, str(MODEL_CARD["alignment_template"])),
             store=store,
             cache_dir=benchmark.cache_dir,
-            selection=default_selection(benchmark.lfw_pairs),
+            spec=benchmark_spec(benchmark.lfw_pairs),
         )
         train_counts = meta.get("data", {}).get("train") or {}
         weights_path = Path(tmp) / "weights.pt"
@@ -231,6 +232,7 @@ def publish_checkpoint(
             pruning=pruning,
             flip_fusion=flip_fusion,
             weights_path=m.weights_path,
+            preprocess=manifest_record(store, lfw=m.lfw["preprocess"]),  # type: ignore[arg-type]
         )
     if alias:
         store.set_alias(alias, manifest.ref)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from faces.embed import Embedder
-from faces.evaluation import crop_embedder, default_selection, evaluate, read_pairs
+from faces.evaluation import benchmark_spec, crop_embedder, evaluate, read_pairs
+from faces.spec import manifest_record
 from model_store import Manifest, ModelStore, Provenance
 from model_store.manifest import InputSpec, OutputSpec
 from pruning.calibrate import calibrate
@@ -91,7 +92,7 @@ def publish_sface(
         crop_embedder(embedder.embed, embedder.template),
         store=store,
         cache_dir=benchmark.cache_dir,
-        selection=default_selection(benchmark.lfw_pairs),
+        spec=benchmark_spec(benchmark.lfw_pairs),
     )
     manifest = draft.model_copy(
         update={
@@ -101,6 +102,7 @@ def publish_sface(
                 "validation": {k: v for k, v in validation.items() if k != "thresholds"},  # type: ignore[misc]
             },
             "thresholds": validation["thresholds"],
+            "preprocess": manifest_record(store, lfw=lfw["preprocess"]),  # type: ignore[arg-type]
         }
     )
     with tempfile.TemporaryDirectory() as tmp:
