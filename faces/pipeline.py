@@ -93,28 +93,46 @@ class FacePipeline:
     def detect(self, image: np.ndarray) -> list[Face]:
         """All faces, largest first, in ``image``'s coordinates, found the spec's way.
 
-        A large photo is shrunk once, here, so that the padded copy detection sees fits ``max_detect_side``;
-        the padding is added to the small copy (padding the full-resolution image would copy tens of
-        megabytes only to shrink them again).
+        A large photo is shrunk to ``max_detect_side`` once, here, and every pass works on that copy (the
+        bordered pass shrinks it further so that photo and border fit the budget): padding the
+        full-resolution image would copy tens of megabytes only to shrink them again.
 
         ``detect_pad_fraction``: MTCNN needs context around a face. On a tight portrait it often still finds
         the face but misplaces the landmarks (crops of a nose or a mouth); a black border restores the
-        context, and alignment reads the original pixels. ``retry_pad_fraction``: a photo without any face
+        context, and alignment reads the original pixels; with ``pad_when_face_exceeds`` only photos whose
+        face fills the frame pay for the bordered pass. ``retry_pad_fraction``: a photo without any face
         gets a second look with its edges replicated (as alignment's BORDER_REPLICATE does), where MTCNN's
         candidate windows would otherwise reach outside the image. Costs a second pass only on face-less
         photos.
         """
         spec = self.spec
-        budget = spec.max_detect_side
-        if budget is not None:
-            budget = max(1, int(budget / (1 + 2 * spec.detect_pad_fraction)))
-        small, shrink = shrink_for_detection(image, budget)
-        faces = self._detect_bordered(
-            small, spec.detect_pad_fraction * max(small.shape[:2]), cv2.BORDER_CONSTANT
-        )
+        small, shrink = shrink_for_detection(image, spec.max_detect_side)
+        if spec.detect_pad_fraction == 0:
+            faces = self.detector.detect(small)
+        elif spec.pad_when_face_exceeds is None:
+            faces = self._detect_padded(small)
+        else:
+            faces = self.detector.detect(small)
+            if not faces or max(faces[0].width, faces[0].height) > spec.pad_when_face_exceeds * min(
+                small.shape[:2]
+            ):
+                faces = self._detect_padded(small) or faces
         if not faces and spec.retry_pad_fraction > 0:
             pad = max(_MIN_RETRY_PAD_PX, spec.retry_pad_fraction * min(small.shape[:2]))
             faces = self._detect_bordered(small, pad, cv2.BORDER_REPLICATE)
+        if shrink == 1.0:
+            return faces
+        scale = np.float32(1.0 / shrink)
+        return [Face(box=f.box * scale, score=f.score, landmarks=f.landmarks * scale) for f in faces]
+
+    def _detect_padded(self, small: np.ndarray) -> list[Face]:
+        """The black-bordered pass, on a copy shrunk so that image and border fit ``max_detect_side``."""
+        fraction = self.spec.detect_pad_fraction
+        budget = self.spec.max_detect_side
+        smaller, shrink = shrink_for_detection(
+            small, None if budget is None else max(1, int(budget / (1 + 2 * fraction)))
+        )
+        faces = self._detect_bordered(smaller, fraction * max(smaller.shape[:2]), cv2.BORDER_CONSTANT)
         if shrink == 1.0:
             return faces
         scale = np.float32(1.0 / shrink)

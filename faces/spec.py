@@ -37,7 +37,14 @@ def preset(name: str) -> PreprocessSpec:
 
 def same_geometry(a: PreprocessSpec, b: PreprocessSpec) -> bool:
     """Whether two specs make the same crop of a face they both accept (limits and gates aside)."""
-    fields = ("detector", "min_face_size", "max_detect_side", "detect_pad_fraction", "retry_pad_fraction")
+    fields = (
+        "detector",
+        "min_face_size",
+        "max_detect_side",
+        "detect_pad_fraction",
+        "pad_when_face_exceeds",
+        "retry_pad_fraction",
+    )
     return all(getattr(a, f) == getattr(b, f) for f in (*fields, "template"))
 
 
