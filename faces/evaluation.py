@@ -267,13 +267,14 @@ def evaluate(
     metrics["failures_to_acquire"] = sum(1 for f in faces.values() if not f.detected)
     metrics["face_selection"] = pipeline.spec.selection
     metrics["preprocess"] = pipeline.spec  # what the figures were measured with (into the manifest)
+    metrics["faces"] = faces  # path → the face each photo was measured on
     metrics["n_photos"] = len(paths)
     return metrics
 
 
 def write_report(metrics: dict[str, object], out: Path, label: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    slim = {k: v for k, v in metrics.items() if k not in ("roc", "scores", "preprocess")}
+    slim = {k: v for k, v in metrics.items() if k not in ("roc", "scores", "preprocess", "faces")}
     if isinstance(metrics.get("preprocess"), PreprocessSpec):
         slim["preprocess"] = metrics["preprocess"].model_dump()
     out.write_text(json.dumps(slim | {"label": label}, indent=2) + "\n")

@@ -158,13 +158,14 @@ def cmd_prep(args: argparse.Namespace) -> int:
 
 # ---- teacher --------------------------------------------------------------------------------------
 def cmd_teacher(args: argparse.Namespace) -> int:
+    from pruning.data.faceset import cache_names
     from pruning.data.paths import data_root
     from pruning.sface import build_sface_cache
     from pruning.teacher import build_teacher_cache
 
     root = args.data or data_root()
     crops_root = root / "crops"
-    names = args.source or sorted(p.name for p in crops_root.iterdir() if (p / "meta.json").exists())
+    names = args.source or cache_names(crops_root)
     for name in names:
         if args.teacher == "sface":
             described = build_sface_cache(
@@ -211,7 +212,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         pairs, args.images_root, embed, store=store, cache_dir=data_root() / "eval-cache", spec=spec
     )
     summary = {
-        k: v for k, v in metrics.items() if k not in ("roc", "fold_accuracies", "scores", "preprocess")
+        k: v
+        for k, v in metrics.items()
+        if k not in ("roc", "fold_accuracies", "scores", "preprocess", "faces")
     }
     summary["preprocess"] = spec.name
     print(json.dumps({"label": label, **summary}, indent=2))

@@ -31,7 +31,7 @@ from faces.spec import manifest_record
 from faces.tensor import crops_to_tensor
 from model_store import Manifest, ModelStore, PreprocessSpec
 from pruning.calibrate import calibrate
-from pruning.data.faceset import FaceSet, load_validation
+from pruning.data.faceset import META_FILE, FaceSet, load_validation, read_meta
 
 Method = Literal["minmax", "entropy", "percentile"]
 _METHODS = {
@@ -92,11 +92,9 @@ class _Crops(CalibrationDataReader):
 
 def refuse_lfw(crops_root: Path, validation: FaceSet) -> None:
     """Calibrating on LFW would tune on the benchmark: refuse caches whose photos or labels are LFW's."""
-    import json
-
     for source in sorted(set(validation.source.tolist())):
-        meta_path = crops_root / source / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        folder = crops_root / source
+        meta = read_meta(folder) if (folder / META_FILE).exists() else {}
         photos = Path(str(meta.get("photos_root", "")))
         if "lfw" in source.lower() or any(part.lower().startswith("lfw") for part in photos.parts):
             raise LfwCalibrationError(

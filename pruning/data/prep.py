@@ -6,11 +6,7 @@ the service makes of that photo. The sorted photo list is cut into fixed shards,
 a rerun skips finished shards and resumes where it stopped. Every photo gets an index record, failures
 included (with the reason), so nothing is dropped silently.
 
-Layout of ``out_dir``::
-
-    meta.json                  what was prepared, from where, with which settings
-    shard-00000.npy            (n_ok, 112, 112, 3) uint8 crops of the shard's accepted photos
-    shard-00000.jsonl          one record per photo: file, identity, status, score, box, landmarks, row
+The cache's layout and format belong to :mod:`pruning.data.faceset`.
 """
 
 from __future__ import annotations
@@ -19,7 +15,6 @@ import csv
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -29,6 +24,7 @@ import numpy as np
 
 from faces.quality import implausible_landmarks
 from faces.spec import TRAINING, PreprocessSpec
+from pruning.data.faceset import META_FILE, atomic_save_npy, iter_records, shard_paths
 
 if TYPE_CHECKING:
     from faces.pipeline import FacePipeline
@@ -65,7 +61,7 @@ def load_labels(path: Path | None) -> dict[str, str]:
         return {row["file"]: row["identity"] for row in csv.DictReader(handle) if row.get("identity")}
 
 
-__all__ = ["PrepConfig", "implausible_landmarks", "iter_records", "load_labels", "prepare"]
+__all__ = ["PrepConfig", "atomic_save_npy", "implausible_landmarks", "iter_records", "load_labels", "prepare"]
 
 
 # ---- worker process -------------------------------------------------------------------------------
@@ -116,20 +112,10 @@ def _process(rel: str) -> tuple[dict[str, object], np.ndarray | None]:
 
 
 # ---- driver ---------------------------------------------------------------------------------------
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def shard_paths(out_dir: Path, index: int) -> tuple[Path, Path]:
-    return out_dir / f"shard-{index:05d}.npy", out_dir / f"shard-{index:05d}.jsonl"
 
 
 def prepare(
@@ -157,7 +143,7 @@ def prepare(
         "labelled": sum(1 for p in photos if p in labels),
         "config": config.record(),
     }
-    meta_path = out_dir / "meta.json"
+    meta_path = out_dir / META_FILE
     if meta_path.exists():
         previous = json.loads(meta_path.read_text())
         settings = {k: v for k, v in meta["config"].items() if k != "workers"}
@@ -190,10 +176,3 @@ def prepare(
             _atomic_write_text(index_path, "".join(json.dumps(r) + "\n" for r in records))
     bar.close()
     return Counter(str(r["status"]) for r in iter_records(out_dir))
-
-
-def iter_records(out_dir: Path) -> Iterator[dict[str, object]]:
-    for index_path in sorted(out_dir.glob("shard-*.jsonl")):
-        shard = int(index_path.stem.split("-")[1])
-        for line in index_path.read_text().splitlines():
-            yield json.loads(line) | {"shard": shard}
