@@ -255,7 +255,8 @@ def main() -> None:
                 "threshold": manifest.thresholds["1e-3"],
             }
         row["int8"]["agreement"] = {k: agreement.get(k) for k in ("crops", "min_cosine", "mean_cosine")}  # type: ignore[index]
-        row["int8"]["quantization"] = q_manifest.quantization  # type: ignore[index]
+        quantization = q_manifest.quantization
+        row["int8"]["quantization"] = quantization.model_dump() if quantization else None  # type: ignore[index]
         rows.append(row)
     report = {
         "command": "bash -c 'bg-pause; trap bg-resume EXIT; .venv/bin/python bench/int8.py'",

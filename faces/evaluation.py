@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -128,7 +128,7 @@ def acquire_faces(
         if found.ok and found.face is not None:
             faces[path] = AcquiredFace(found.face.landmarks, found.face.box, True)
         else:
-            faces[path] = centre_fallback(*image.shape[:2], pipeline.spec.template)
+            faces[path] = centre_fallback(image.shape[0], image.shape[1], pipeline.spec.template)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(
@@ -213,7 +213,7 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray
     }
 
 
-def plot_roc(curves: dict[str, dict[str, object]], path: Path, title: str) -> None:
+def plot_roc(curves: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -275,8 +275,9 @@ def evaluate(
 def write_report(metrics: dict[str, object], out: Path, label: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     slim = {k: v for k, v in metrics.items() if k not in ("roc", "scores", "preprocess", "faces")}
-    if isinstance(metrics.get("preprocess"), PreprocessSpec):
-        slim["preprocess"] = metrics["preprocess"].model_dump()
+    spec = metrics.get("preprocess")
+    if isinstance(spec, PreprocessSpec):
+        slim["preprocess"] = spec.model_dump()
     out.write_text(json.dumps(slim | {"label": label}, indent=2) + "\n")
     plot_roc({label: metrics}, out.with_suffix(".png"), f"ROC — {label}")
 

@@ -4,7 +4,16 @@ models/<name>/<version>/{<artifact files>, manifest.json}
 models/aliases.json            {"default": "<name>@<version>", ...}
 """
 
-from model_store.manifest import Artifact, InputSpec, Manifest, OutputSpec, PreprocessSpec, Provenance
+from model_store.manifest import (
+    Artifact,
+    InputSpec,
+    Manifest,
+    OutputSpec,
+    PreprocessSpec,
+    Provenance,
+    PruningRecord,
+    QuantizationRecord,
+)
 from model_store.store import (
     DEFAULT_ROOT,
     ArtifactIntegrityError,
@@ -27,4 +36,6 @@ __all__ = [
     "OutputSpec",
     "PreprocessSpec",
     "Provenance",
+    "PruningRecord",
+    "QuantizationRecord",
 ]

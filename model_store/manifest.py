@@ -91,6 +91,44 @@ class Provenance(_Strict):
     notes: str | None = None
 
 
+class PruningRecord(BaseModel):
+    """How a pruned variant was made (``faceverify prune``). Keys beyond these (run paths, the config, the
+    per-layer filter counts) are kept as they were written."""
+
+    model_config = ConfigDict(extra="allow")
+
+    criterion: str
+    removed_share: float = 0.0  # share of the parent's prunable filters removed
+    pruning_ratio: float | None = None
+    iterative_steps: int | None = None
+    iteration: int | None = None
+    params_removed_share: float | None = None
+    flops_removed_share: float | None = None
+    dense_params: int | None = None
+    filters: dict[str, int] | None = None
+    filters_removed: dict[str, int] | None = None
+    checkpoint_sha256: str | None = None
+
+
+class QuantizationRecord(BaseModel):
+    """How an int8 variant was made from its float parent (``faceverify quantize``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tool: str | None = None
+    format: str
+    weights: str
+    activations: str
+    calibration_method: str
+    calibration_crops: int
+    calibration_data: str | None = None
+    calibration_sources: list[str] = Field(default_factory=list)
+    op_types: list[str] = Field(default_factory=list)
+    seed: int | None = None
+    val_fraction: float | None = None
+    parent_sha256: str | None = None
+
+
 class Manifest(_Strict):
     schema_version: Literal[1] = 1
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
@@ -110,10 +148,10 @@ class Manifest(_Strict):
     # target false-match rate (as written, e.g. "1e-3") → cosine-similarity threshold
     thresholds: dict[str, float] = Field(default_factory=dict)
     provenance: Provenance = Field(default_factory=Provenance)
-    # Free-form record of how a pruned variant was made (criterion, pruning_ratio, ...).
-    pruning: dict[str, Any] | None = None
+    # How a pruned variant was made (criterion, pruning_ratio, filters removed, ...).
+    pruning: PruningRecord | None = None
     # How an int8 variant was made from its float parent (``faceverify quantize``: tool, format, calibration).
-    quantization: dict[str, Any] | None = None
+    quantization: QuantizationRecord | None = None
     # The network as built (family, widths, pooling) and where it departs from its paper.
     architecture: dict[str, Any] | None = None
     # Use → the preprocessing it was measured or is served with: "serving" (what the API runs on this

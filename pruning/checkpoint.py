@@ -115,7 +115,8 @@ def materialise(
             "state_dict": model.state_dict(),
             "meta": {"config": {"teacher": teacher}, "rebuilt_from": manifest.ref},
         }
-        payload |= {k: v for k, v in (manifest.pruning or {}).items() if k in ("criterion", "level")}
+        record = manifest.pruning.model_dump() if manifest.pruning else {}
+        payload |= {k: v for k, v in record.items() if k in ("criterion", "level")}
     payload.setdefault("meta", {})["published_as"] = manifest.ref
     tmp = target.with_suffix(".tmp")
     torch.save(payload, tmp)

@@ -260,7 +260,8 @@ def publish_levels(
         versions = store.versions(name) if name in store.names() else []
         if (
             versions
-            and (store.manifest(f"{name}@{max(versions)}").pruning or {}).get("checkpoint_sha256") == digest
+            and getattr(store.manifest(f"{name}@{max(versions)}").pruning, "checkpoint_sha256", None)
+            == digest
         ):
             continue
         published.append(

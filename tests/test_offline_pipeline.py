@@ -399,14 +399,14 @@ def test_pruning_schedule_snapshots_levels_and_resumes(
     manifest = published[0]
     section = manifest.pruning
     assert manifest.parent == "tinyface@1" and section is not None
-    assert section["criterion"] == "taylor" and section["pruning_ratio"] == 0.2
-    assert section["iterative_steps"] == 2
-    removed = section["filters_removed"]
-    assert removed["stem"] == 0  # ignored
+    assert section.criterion == "taylor" and section.pruning_ratio == 0.2
+    assert section.iterative_steps == 2
+    removed = section.filters_removed
+    assert removed is not None and removed["stem"] == 0  # ignored
     assert removed == {k: history[0]["filters"][k] - history[-1]["filters"][k] for k in removed}
-    assert section["dense_params"] == history[0]["params"]
+    assert section.dense_params == history[0]["params"]
     assert manifest.params == history[-1]["params"]
-    assert 0 < section["params_removed_share"] < 1
+    assert section.params_removed_share is not None and 0 < section.params_removed_share < 1
 
 
 def test_training_from_a_pruned_checkpoint_keeps_its_widths_and_lineage(

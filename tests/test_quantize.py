@@ -64,9 +64,9 @@ def test_cli_publishes_an_int8_child_with_lineage(
     assert printed["published"] == manifest.ref == "squeezerfacenet-taylor-30-int8@1"
     assert manifest.parent == PARENT and manifest.pruning is None
     q = manifest.quantization
-    assert q and q["format"] == "QDQ" and q["weights"] == "int8, per channel"
-    assert q["calibration_crops"] == 16 and q["calibration_sources"] == ["bbt"]
-    assert q["parent_sha256"] == parent.artifact.sha256
+    assert q and q.format == "QDQ" and q.weights == "int8, per channel"
+    assert q.calibration_crops == 16 and q.calibration_sources == ["bbt"]
+    assert q.parent_sha256 == parent.artifact.sha256
     assert manifest.architecture == parent.architecture and manifest.params == parent.params
     # Its own threshold, calibrated on the validation faces (not the parent's copied over).
     assert set(manifest.thresholds) == {"2e-2"} and manifest.thresholds["2e-2"] != parent.thresholds["1e-3"]
