@@ -57,7 +57,7 @@ class PreprocessSpec(_Strict):
     # None: every photo is detected on the bordered copy. A fraction: detect on the photo as it is first,
     # and again on the bordered copy only when no face was found or the largest face's box side exceeds
     # this fraction of the photo's shorter side (a tight portrait, where MTCNN misplaces landmarks).
-    pad_when_face_exceeds: float | None = Field(default=0.5, gt=0.0)
+    pad_when_face_exceeds: float | None = Field(default=0.75, gt=0.0)
     # No face found: one more pass with the edges replicated by this fraction of the shorter side (at least
     # 16 px). 0: no retry.
     retry_pad_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
