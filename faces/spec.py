@@ -15,7 +15,7 @@ The schema itself is :class:`model_store.PreprocessSpec`, so that manifests carr
 
 from __future__ import annotations
 
-from model_store import ModelStore, PreprocessSpec
+from model_store import ModelNotFound, ModelStore, PreprocessSpec
 
 __all__ = ["BENCHMARK", "PRESETS", "SERVING", "TRAINING", "PreprocessSpec", "manifest_record", "preset"]
 
@@ -51,5 +51,8 @@ def same_geometry(a: PreprocessSpec, b: PreprocessSpec) -> bool:
 def manifest_record(store: ModelStore, **measured: PreprocessSpec) -> dict[str, PreprocessSpec]:
     """A manifest's ``preprocess`` section: the serving spec (detector pinned to its version) and the spec
     each benchmark of ``metrics`` was measured with (``lfw=...``)."""
-    serving = SERVING.model_copy(update={"detector": str(store.resolve(SERVING.detector))})
-    return {"serving": serving, **measured}
+    try:
+        detector = str(store.resolve(SERVING.detector))
+    except ModelNotFound:  # a store of embedders only: the detector is the one the serving store resolves
+        detector = SERVING.detector
+    return {"serving": SERVING.model_copy(update={"detector": detector}), **measured}

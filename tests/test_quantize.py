@@ -63,6 +63,8 @@ def test_cli_publishes_an_int8_child_with_lineage(
     parent = store.manifest(PARENT)
     assert printed["published"] == manifest.ref == "squeezerfacenet-taylor-30-int8@1"
     assert manifest.parent == PARENT and manifest.pruning is None
+    # the spec the variant is served with travels in its manifest (typed)
+    assert manifest.preprocess is not None and manifest.preprocess["serving"].template == "arcface_112"
     q = manifest.quantization
     assert q and q.format == "QDQ" and q.weights == "int8, per channel"
     assert q.calibration_crops == 16 and q.calibration_sources == ["bbt"]
