@@ -14,6 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY model_store ./model_store
+COPY faces ./faces
 COPY service ./service
 COPY faceverify ./faceverify
 RUN pip install . \

@@ -38,7 +38,9 @@ run: $(BIN)/.serve-env
 lint: $(BIN)/.dev-env
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: $(BIN)/.dev-env prometheus chromium
 	$(BIN)/ruff check .
+	$(BIN)/mypy  # faces/, model_store/, service/ ([tool.mypy] in pyproject.toml)
 	$(BIN)/pytest

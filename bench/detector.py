@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from faces.decode import decode_image
+from faces.detect import DetectorConfig, MTCNNDetector
 from model_store import ModelStore
-from service.vision.decode import decode_image
-from service.vision.detect import DetectorConfig, MTCNNDetector
 
 ROOT = Path(__file__).resolve().parents[1]
 

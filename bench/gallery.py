@@ -105,19 +105,15 @@ def real_faces(work: Path, lfw_identities: int) -> dict:
     if cache.exists():
         data = np.load(cache, allow_pickle=False)
         return {k: data[k] for k in data.files}
+    from faces.embed import Embedder
+    from faces.pipeline import FacePipeline, Timings
     from model_store import ModelStore
     from service.config import Settings
     from service.errors import DomainError
-    from service.inference.embedder import Embedder
-    from service.inference.pipeline import FacePipeline, Timings
-    from service.vision.detect import DetectorConfig, MTCNNDetector
 
     settings = Settings()
     store = ModelStore(settings.store_path)
-    detector = MTCNNDetector.from_store(
-        store, settings.detector_model, DetectorConfig(min_face_size=settings.min_face_size)
-    )
-    pipeline = FacePipeline(detector, max_pixels=settings.max_pixels, min_face_px=settings.min_face_px)
+    pipeline = FacePipeline.from_spec(settings.preprocess_spec(), store)
     embedder = Embedder.from_store(store, str(store.resolve(settings.default_variant)))
 
     def embed(path: Path) -> np.ndarray | None:
@@ -260,10 +256,10 @@ def plant_postgres(url: str, key: VariantKey, ref: str, faces: dict) -> None:
 
 def variant_key() -> tuple[VariantKey, str, int]:
     """The default variant's gallery key, reference and dimension (read from the store, nothing embedded)."""
+    from faces.embed import Embedder
     from model_store import ModelStore
     from service.config import Settings
-    from service.inference.embedder import Embedder
-    from service.inference.variants import gallery_key
+    from service.gallery import gallery_key
 
     settings = Settings()
     store = ModelStore(settings.store_path)

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from faces.embed import Embedder
 from model_store import DEFAULT_ROOT, ModelStore
-from service.inference.embedder import Embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "reports"
@@ -40,9 +40,9 @@ LFW_COMMAND = (
 
 def real_crops(n: int) -> np.ndarray:
     """Aligned 112×112 crops of the test photos (tiled to ``n``), through the serving detector/aligner."""
-    from service.vision.align import align_face
-    from service.vision.decode import decode_image
-    from service.vision.detect import DetectorConfig, MTCNNDetector
+    from faces.align import align_face
+    from faces.decode import decode_image
+    from faces.detect import DetectorConfig, MTCNNDetector
 
     detector = MTCNNDetector.from_store(ModelStore(DEFAULT_ROOT), "mtcnn", DetectorConfig())
     crops = []
@@ -85,7 +85,7 @@ def time_variants(embedders: dict[str, Embedder], crops: np.ndarray, rounds: int
 def lfw_of(ref: str, eval_dir: Path, store: ModelStore) -> dict[str, object] | None:
     """`faceverify eval`'s JSON of ``ref`` if there is one, else what its manifest recorded.
 
-    Both come from ``pruning.evaluate.evaluate`` on the same bytes (``faceverify quantize --pairs`` and
+    Both come from ``faces.evaluation.evaluate`` on the same bytes (``faceverify quantize --pairs`` and
     ``faceverify publish`` run it before publishing); ``source`` says which one a figure is.
     """
     keys = ("accuracy_mean", "accuracy_std", "tar_at_far_1e-3", "auc", "n_pairs")
@@ -255,7 +255,8 @@ def main() -> None:
                 "threshold": manifest.thresholds["1e-3"],
             }
         row["int8"]["agreement"] = {k: agreement.get(k) for k in ("crops", "min_cosine", "mean_cosine")}  # type: ignore[index]
-        row["int8"]["quantization"] = q_manifest.quantization  # type: ignore[index]
+        quantization = q_manifest.quantization
+        row["int8"]["quantization"] = quantization.model_dump() if quantization else None  # type: ignore[index]
         rows.append(row)
     report = {
         "command": "bash -c 'bg-pause; trap bg-resume EXIT; .venv/bin/python bench/int8.py'",

@@ -19,9 +19,9 @@ import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from faces.decode import decode_image
+from faces.detect import DetectorConfig, MTCNNDetector
 from model_store import DEFAULT_ROOT, ModelStore
-from service.vision.decode import decode_image
-from service.vision.detect import DetectorConfig, MTCNNDetector
 
 ROOT = Path(__file__).resolve().parents[1]
 LFW = ROOT.parent / "shared/datasets/lfw/images"

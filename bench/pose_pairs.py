@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from faces.embed import Embedder
 from model_store import ModelStore
-from pruning.data.faceset import held_out, load_validation
+from pruning.data.faceset import held_out, iter_records, load_validation
 from pruning.data.paths import data_root
-from pruning.data.prep import iter_records
-from service.inference.embedder import Embedder
 
 FRONTAL, SIDE = 0.08, 0.25
 SOURCES = ("celeba_hq", "celeba_small", "rmfd")  # the labelled sources the validation split comes from

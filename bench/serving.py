@@ -33,14 +33,13 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from faces.decision import cosine
+from faces.decode import decode_image
+from faces.embed import Embedder
+from faces.pipeline import FacePipeline, Timings
 from model_store import DEFAULT_ROOT, ModelStore
 from service.config import Settings
 from service.errors import DomainError
-from service.inference.embedder import Embedder
-from service.inference.pipeline import FacePipeline, Timings, cosine
-from service.vision.align import align_face
-from service.vision.decode import decode_image
-from service.vision.detect import DetectorConfig, MTCNNDetector
 
 ROOT = Path(__file__).resolve().parents[1]
 LFW = ROOT.parent / "shared/datasets/lfw/images"
@@ -70,18 +69,14 @@ def embedding_latency(store: ModelStore, refs: list[str], data: bytes, iters: in
     """Per variant: the network alone on one aligned face, and the CPU time of one whole image through the
     serving pipeline on one thread (what a request costs on an idle core, without HTTP)."""
     settings = Settings()
-    detector = MTCNNDetector.from_store(
-        store,
-        settings.detector_model,
-        DetectorConfig(min_face_size=settings.min_face_size, max_image_side=settings.max_detect_side),
-    )
-    pipeline = FacePipeline(detector, max_pixels=settings.max_pixels, min_face_px=settings.min_face_px)
-    image = decode_image(data, max_pixels=settings.max_pixels)
-    face = detector.detect(image)[0]
+    pipeline = FacePipeline.from_spec(settings.preprocess_spec(), store)
+    image = pipeline.decode(data)
+    face = pipeline.acquire(image).face
+    assert face is not None
     out: dict[str, dict[str, float | int | None]] = {}
     for ref in refs:
         embedder = Embedder.from_store(store, ref, intra_op_threads=1)
-        crop = align_face(image, face.landmarks, embedder.template)[None]
+        crop = pipeline.align(image, face, embedder.template)[None]
         cpu = []
         for _ in range(max(20, iters // 5)):
             start = time.thread_time()
@@ -206,12 +201,7 @@ def peer_comparison(store: ModelStore, refs: list[str], pair: list[bytes], iters
     Accuracy: the 300 labelled deepface pairs (master.csv), each pipeline at its own threshold.
     """
     settings = Settings()
-    detector = MTCNNDetector.from_store(
-        store,
-        settings.detector_model,
-        DetectorConfig(min_face_size=settings.min_face_size, max_image_side=settings.max_detect_side),
-    )
-    pipeline = FacePipeline(detector, max_pixels=settings.max_pixels, min_face_px=settings.min_face_px)
+    pipeline = FacePipeline.from_spec(settings.preprocess_spec(), store)
     embedders = [Embedder.from_store(store, ref, intra_op_threads=1) for ref in refs]
     embedders = [e for e in embedders if settings.target_fmr in e.manifest.thresholds]  # servable ones
     dlib_pipeline = DlibPipeline()

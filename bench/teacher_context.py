@@ -22,12 +22,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from faces.align import estimate_similarity, get_template
+from faces.decode import decode_image
 from pruning.calibrate import calibrate
+from pruning.data.faceset import accepted_records, finished_shards, read_meta
 from pruning.data.paths import data_root
 from pruning.teacher import DlibTeacher
 from pruning.train import DistillationData
-from service.vision.align import estimate_similarity, get_template
-from service.vision.decode import decode_image
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 
@@ -39,10 +40,10 @@ def unit(vectors: np.ndarray) -> np.ndarray:
 def sample_records(crops_root: Path, sources: list[str], per_source: int) -> list[dict]:
     records = []
     for source in sources:
-        meta = json.loads((crops_root / source / "meta.json").read_text())
-        index = sorted((crops_root / source).glob("shard-*.jsonl"))[0]
-        rows = [json.loads(line) for line in index.read_text().splitlines()]
-        records += [r | {"photos_root": meta["photos_root"]} for r in rows if "row" in r][:per_source]
+        folder = crops_root / source
+        meta = read_meta(folder)
+        rows = accepted_records(folder, finished_shards(folder)[0])
+        records += [r | {"photos_root": meta["photos_root"]} for r in rows][:per_source]
     return records
 
 

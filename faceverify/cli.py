@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from model_store import DEFAULT_ROOT, ModelStore, ModelStoreError
+from model_store import DEFAULT_ROOT, ModelStore, ModelStoreError, PreprocessSpec
 
 
 def positive_int(text: str) -> int:
@@ -81,30 +81,48 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 # ---- detect ---------------------------------------------------------------------------------------
+def _spec_from_args(args: argparse.Namespace, base: str) -> PreprocessSpec:
+    """A preset with the overrides given on the command line (flags left unset keep the preset's value)."""
+    from faces.spec import preset
+
+    spec = preset(getattr(args, "preset", None) or base)
+    overrides = {
+        name: getattr(args, name)
+        for name in ("detector", "template", "min_face_size", "max_pixels")
+        if getattr(args, name, None) is not None
+    }
+    return PreprocessSpec.model_validate(spec.model_dump() | overrides) if overrides else spec
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
     import cv2
 
-    from service.errors import DomainError
-    from service.vision.align import align_face
-    from service.vision.decode import decode_image
-    from service.vision.detect import DetectorConfig, MTCNNDetector
+    from faces.errors import DomainError
+    from faces.pipeline import FacePipeline
 
-    detector = MTCNNDetector.from_store(
-        ModelStore(args.store), args.detector, DetectorConfig(min_face_size=args.min_face_size)
-    )
+    pipeline = FacePipeline.from_spec(_spec_from_args(args, "serving"), ModelStore(args.store))
     try:
-        image = decode_image(Path(args.image).read_bytes(), max_pixels=args.max_pixels)
+        image = pipeline.decode(Path(args.image).read_bytes())
     except DomainError as error:
         print(json.dumps({"image": args.image, "error": error.code, "message": error.message}))
         return 1
-    faces = detector.detect(image)
+    found = pipeline.acquire(image)
+    faces = found.faces
     if args.crops:
         out_dir = Path(args.crops)
         out_dir.mkdir(parents=True, exist_ok=True)
         for index, face in enumerate(faces):
-            crop = align_face(image, face.landmarks, args.template)
+            crop = pipeline.align(image, face)
             cv2.imwrite(str(out_dir / f"{Path(args.image).stem}_face{index}.png"), crop[:, :, ::-1])
-    print(json.dumps({"image": args.image, "faces": [f.to_dict() for f in faces]}, indent=2))
+    chosen = next((i for i, f in enumerate(faces) if f is found.face), None)
+    report = {
+        "image": args.image,
+        "faces": [f.to_dict() for f in faces],
+        "chosen": chosen,  # the face the service would embed (None: none), and why it would refuse it
+        "rejection": found.rejection,
+        "preprocess": pipeline.spec.model_dump(),
+    }
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -115,7 +133,9 @@ def cmd_prep(args: argparse.Namespace) -> int:
     from pruning.data.sources import SOURCES, extract
 
     root = args.data or data_root()
-    config = PrepConfig(workers=args.workers, min_face_size=args.min_face_size, shard_size=args.shard_size)
+    config = PrepConfig(
+        workers=args.workers, spec=_spec_from_args(args, "training"), shard_size=args.shard_size
+    )
     jobs: list[tuple[str, Path, Path | None]] = []
     if args.source:
         names = list(SOURCES) if args.source == ["all"] else args.source
@@ -138,13 +158,14 @@ def cmd_prep(args: argparse.Namespace) -> int:
 
 # ---- teacher --------------------------------------------------------------------------------------
 def cmd_teacher(args: argparse.Namespace) -> int:
+    from pruning.data.faceset import cache_names
     from pruning.data.paths import data_root
     from pruning.sface import build_sface_cache
     from pruning.teacher import build_teacher_cache
 
     root = args.data or data_root()
     crops_root = root / "crops"
-    names = args.source or sorted(p.name for p in crops_root.iterdir() if (p / "meta.json").exists())
+    names = args.source or cache_names(crops_root)
     for name in names:
         if args.teacher == "sface":
             described = build_sface_cache(
@@ -158,15 +179,15 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 # ---- eval -----------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pruning.data.paths import data_root
-    from pruning.evaluate import (
+    from faces.evaluation import (
+        benchmark_spec,
         crop_embedder,
-        default_selection,
         evaluate,
         read_pairs,
         write_report,
         write_scores,
     )
+    from pruning.data.paths import data_root
 
     store = ModelStore(args.store)
     if args.teacher:
@@ -178,7 +199,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         label, embed = load_embedder_checkpoint(args.torch)
     elif args.variant:
-        from service.inference.embedder import Embedder
+        from faces.embed import Embedder
 
         embedder = Embedder.from_store(store, args.variant, intra_op_threads=args.threads)
         label, embed = embedder.ref, crop_embedder(embedder.embed, embedder.template)
@@ -186,11 +207,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("faceverify eval: give --variant, --torch or --teacher", file=sys.stderr)
         return 2
     pairs = read_pairs(args.pairs)
-    selection = args.face_selection or default_selection(args.pairs)
+    spec = benchmark_spec(args.pairs, args.face_selection)
     metrics = evaluate(
-        pairs, args.images_root, embed, store=store, cache_dir=data_root() / "eval-cache", selection=selection
+        pairs, args.images_root, embed, store=store, cache_dir=data_root() / "eval-cache", spec=spec
     )
-    summary = {k: v for k, v in metrics.items() if k not in ("roc", "fold_accuracies", "scores")}
+    summary = {
+        k: v
+        for k, v in metrics.items()
+        if k not in ("roc", "fold_accuracies", "scores", "preprocess", "faces")
+    }
+    summary["preprocess"] = spec.name
     print(json.dumps({"label": label, **summary}, indent=2))
     if args.json:
         write_report(metrics, args.json, label)
@@ -462,10 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     detect = sub.add_parser("detect", help="detect faces in one image and print them as JSON")
     detect.add_argument("image")
     detect.add_argument("--crops", metavar="DIR", help="write the aligned 112×112 crops here")
-    detect.add_argument("--detector", default="mtcnn", help="detector model reference")
-    detect.add_argument("--template", default="arcface_112", help="alignment template")
-    detect.add_argument("--min-face-size", type=int, default=20)
-    detect.add_argument("--max-pixels", type=int, default=40_000_000)
+    _spec_arguments(detect, "serving")
+    detect.add_argument("--detector", help="detector model reference (default: the spec's)")
+    detect.add_argument("--template", help="alignment template (default: the spec's)")
     detect.set_defaults(handler=cmd_detect)
 
     serve = sub.add_parser("serve", help="start the REST service (settings from FACEVERIFY_* env)")
@@ -487,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", type=Path, help="data root (default: $FACEVERIFY_DATA or ~/.cache/squeezerfacenet)"
     )
     prep.add_argument("--workers", type=positive_int, default=2)
-    prep.add_argument("--min-face-size", type=int, default=20)
+    _spec_arguments(prep, "training")
     prep.add_argument("--shard-size", type=int, default=2048)
     prep.set_defaults(handler=cmd_prep)
 
@@ -647,6 +672,14 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export-mtcnn", help="export facenet-pytorch's MTCNN to ONNX and publish it")
     export.set_defaults(handler=cmd_export_mtcnn)
     return parser
+
+
+def _spec_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    from faces.spec import PRESETS
+
+    parser.add_argument("--preset", choices=sorted(PRESETS), help=f"preprocessing spec (default: {default})")
+    parser.add_argument("--min-face-size", type=int, help="smallest face searched (default: the spec's)")
+    parser.add_argument("--max-pixels", type=int, help="pixel cap of a photo (default: the spec's)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,7 +4,16 @@ models/<name>/<version>/{<artifact files>, manifest.json}
 models/aliases.json            {"default": "<name>@<version>", ...}
 """
 
-from model_store.manifest import Artifact, InputSpec, Manifest, OutputSpec, Provenance
+from model_store.manifest import (
+    Artifact,
+    InputSpec,
+    Manifest,
+    OutputSpec,
+    PreprocessSpec,
+    Provenance,
+    PruningRecord,
+    QuantizationRecord,
+)
 from model_store.store import (
     DEFAULT_ROOT,
     ArtifactIntegrityError,
@@ -25,5 +34,8 @@ __all__ = [
     "ModelStore",
     "ModelStoreError",
     "OutputSpec",
+    "PreprocessSpec",
     "Provenance",
+    "PruningRecord",
+    "QuantizationRecord",
 ]

@@ -31,8 +31,45 @@ class InputSpec(_Strict):
     # Per-channel, applied to 0..255 pixel values: (x - mean) / std.
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    # Name of the 5-point template in service.vision.align that produced the crops (embedders only).
+    # Name of the 5-point template in faces.align that produced the crops (embedders only).
     alignment_template: str | None = None
+
+
+class PreprocessSpec(_Strict):
+    """Photo → aligned crop: every setting of decode → detect → choose a face → quality gates → align.
+
+    The schema lives here so that a manifest can carry it typed (``model_store`` imports nothing of ours);
+    ``faces.spec`` holds the presets and ``faces.pipeline.FacePipeline.from_spec`` runs it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "serving"
+    detector: str = Field(default="mtcnn", description="store ref of the face detector")
+    # Smallest face searched, in pixels of the image detection sees (after shrinking).
+    min_face_size: int = Field(default=40, ge=12)
+    # Longest side of the image detection sees, border included; larger photos are shrunk for detection
+    # only (alignment reads the full-resolution pixels). None: never shrink.
+    max_detect_side: int | None = Field(default=1280, ge=64)
+    # Detection runs on a copy with a black border of this fraction of the longer side; alignment reads the
+    # original. 0: detect on the photo as it is. Measured in reports/tight_crops.md.
+    detect_pad_fraction: float = Field(default=0.3, ge=0.0, le=1.0)
+    # None: every photo is detected on the bordered copy. A fraction: detect on the photo as it is first,
+    # and again on the bordered copy only when no face was found or the largest face's box side exceeds
+    # this fraction of the photo's shorter side (a tight portrait, where MTCNN misplaces landmarks).
+    pad_when_face_exceeds: float | None = Field(default=0.75, gt=0.0)
+    # No face found: one more pass with the edges replicated by this fraction of the shorter side (at least
+    # 16 px). 0: no retry.
+    retry_pad_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+    # Which detected face a photo is about: the largest, the one nearest the image centre, or the one that
+    # overlaps a given box most.
+    selection: Literal["largest", "centre", "box"] = "largest"
+    # Quality gates on the chosen face (a face failing one is refused, never silently replaced).
+    min_score: float = Field(default=0.0, ge=0.0, le=1.0)
+    check_landmarks: bool = False
+    min_face_px: int = Field(default=32, ge=0, description="shorter side of the chosen face's box")
+    max_pixels: int = Field(default=25_000_000, ge=1, description="decoded pixels a photo may have")
+    template: str = Field(default="arcface_112", description="5-point alignment template of the crops")
 
 
 class OutputSpec(_Strict):
@@ -54,6 +91,44 @@ class Provenance(_Strict):
     notes: str | None = None
 
 
+class PruningRecord(BaseModel):
+    """How a pruned variant was made (``faceverify prune``). Keys beyond these (run paths, the config, the
+    per-layer filter counts) are kept as they were written."""
+
+    model_config = ConfigDict(extra="allow")
+
+    criterion: str
+    removed_share: float = 0.0  # share of the parent's prunable filters removed
+    pruning_ratio: float | None = None
+    iterative_steps: int | None = None
+    iteration: int | None = None
+    params_removed_share: float | None = None
+    flops_removed_share: float | None = None
+    dense_params: int | None = None
+    filters: dict[str, int] | None = None
+    filters_removed: dict[str, int] | None = None
+    checkpoint_sha256: str | None = None
+
+
+class QuantizationRecord(BaseModel):
+    """How an int8 variant was made from its float parent (``faceverify quantize``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tool: str | None = None
+    format: str
+    weights: str
+    activations: str
+    calibration_method: str
+    calibration_crops: int
+    calibration_data: str | None = None
+    calibration_sources: list[str] = Field(default_factory=list)
+    op_types: list[str] = Field(default_factory=list)
+    seed: int | None = None
+    val_fraction: float | None = None
+    parent_sha256: str | None = None
+
+
 class Manifest(_Strict):
     schema_version: Literal[1] = 1
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
@@ -73,12 +148,16 @@ class Manifest(_Strict):
     # target false-match rate (as written, e.g. "1e-3") → cosine-similarity threshold
     thresholds: dict[str, float] = Field(default_factory=dict)
     provenance: Provenance = Field(default_factory=Provenance)
-    # Free-form record of how a pruned variant was made (criterion, pruning_ratio, ...).
-    pruning: dict[str, Any] | None = None
+    # How a pruned variant was made (criterion, pruning_ratio, filters removed, ...).
+    pruning: PruningRecord | None = None
     # How an int8 variant was made from its float parent (``faceverify quantize``: tool, format, calibration).
-    quantization: dict[str, Any] | None = None
+    quantization: QuantizationRecord | None = None
     # The network as built (family, widths, pooling) and where it departs from its paper.
     architecture: dict[str, Any] | None = None
+    # Use → the preprocessing it was measured or is served with: "serving" (what the API runs on this
+    # variant), and one entry per benchmark in ``metrics`` (e.g. "lfw"). Absent in manifests published
+    # before the spec existed: they were served with the serving preset and measured with its ancestors.
+    preprocess: dict[str, PreprocessSpec] | None = None
 
     @property
     def ref(self) -> str:

@@ -30,7 +30,7 @@ def load_checkpoint(path: Path) -> tuple[FaceEmbedder, dict]:
 
 def torch_embed_fn(model: FaceEmbedder, batch_size: int = 128):
     """Crops (N, 112, 112, 3) uint8 → unit embeddings, with the serving normalisation."""
-    from service.vision.tensor import crops_to_tensor
+    from faces.tensor import crops_to_tensor
 
     def embed(crops: np.ndarray) -> np.ndarray:
         model.eval()
@@ -50,7 +50,7 @@ def _norm() -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def load_embedder_checkpoint(path: Path):
     """For ``faceverify eval --torch``: (label, FaceEmbedFn)."""
-    from pruning.evaluate import crop_embedder
+    from faces.evaluation import crop_embedder
 
     model, _ = load_checkpoint(path)
     return f"torch:{path.name}", crop_embedder(torch_embed_fn(model), str(MODEL_CARD["alignment_template"]))
@@ -115,7 +115,8 @@ def materialise(
             "state_dict": model.state_dict(),
             "meta": {"config": {"teacher": teacher}, "rebuilt_from": manifest.ref},
         }
-        payload |= {k: v for k, v in (manifest.pruning or {}).items() if k in ("criterion", "level")}
+        record = manifest.pruning.model_dump() if manifest.pruning else {}
+        payload |= {k: v for k, v in record.items() if k in ("criterion", "level")}
     payload.setdefault("meta", {})["published_as"] = manifest.ref
     tmp = target.with_suffix(".tmp")
     torch.save(payload, tmp)

@@ -10,9 +10,9 @@ import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 
-from model_store import InputSpec, Manifest, ModelStore, OutputSpec, Provenance
+from faces.tensor import crops_to_tensor
+from model_store import InputSpec, Manifest, ModelStore, OutputSpec, PreprocessSpec, Provenance
 from pruning.models import MODEL_CARD, FaceEmbedder, architecture_record, count_flops, count_params
-from service.vision.tensor import crops_to_tensor
 
 OPSET = 18
 
@@ -80,6 +80,7 @@ def publish_prepared(
     pruning: dict[str, object] | None = None,
     flip_fusion: bool = False,
     weights_path: Path | None = None,
+    preprocess: dict[str, PreprocessSpec] | None = None,
 ) -> Manifest:
     """Publish an already exported and checked ONNX file with a filled manifest.
 
@@ -107,6 +108,7 @@ def publish_prepared(
         provenance=provenance,
         pruning=pruning,
         architecture=architecture_record(model) | {"flip_fusion": flip_fusion},
+        preprocess=preprocess,
     )
     files = {"model": onnx_path} | ({"weights": weights_path} if weights_path is not None else {})
     return store.publish(manifest, files)

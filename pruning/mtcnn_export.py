@@ -2,7 +2,7 @@
 
 Zhang et al. 2016, "Joint Face Detection and Alignment using Multi-task Cascaded Convolutional Networks",
 https://arxiv.org/abs/1604.02878. The weights are facenet-pytorch's port of the authors' Caffe models.
-The service runs the exported graphs with ONNX Runtime (service/vision/detect.py), so it needs no torch.
+The service runs the exported graphs with ONNX Runtime (faces/detect.py), so it needs no torch.
 """
 
 from __future__ import annotations

@@ -17,19 +17,20 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from faces.evaluation import benchmark_spec, crop_embedder, evaluate, read_pairs
+from faces.spec import manifest_record
+from faces.tensor import crops_to_tensor
 from model_store import Manifest, ModelStore, Provenance
 from model_store.manifest import DataSource
 from model_store.store import sha256_file
 from pruning.calibrate import calibrate
 from pruning.checkpoint import load_checkpoint, save_weights
 from pruning.data.faceset import load_validation
-from pruning.evaluate import crop_embedder, default_selection, evaluate, read_pairs
 from pruning.export import export_onnx, parity, publish_prepared
 from pruning.models import MODEL_CARD, FaceEmbedder
 from pruning.sface import SFACE, SFACE_NAME
 from pruning.teacher import TEACHER_NAME
 from pruning.train import teacher_of
-from service.vision.tensor import crops_to_tensor
 
 LFW_KEYS = (
     "accuracy_mean",
@@ -178,7 +179,7 @@ def measured(
             crop_embedder(embed, str(MODEL_CARD["alignment_template"])),
             store=store,
             cache_dir=benchmark.cache_dir,
-            selection=default_selection(benchmark.lfw_pairs),
+            spec=benchmark_spec(benchmark.lfw_pairs),
         )
         train_counts = meta.get("data", {}).get("train") or {}
         weights_path = Path(tmp) / "weights.pt"
@@ -231,6 +232,7 @@ def publish_checkpoint(
             pruning=pruning,
             flip_fusion=flip_fusion,
             weights_path=m.weights_path,
+            preprocess=manifest_record(store, lfw=m.lfw["preprocess"]),  # type: ignore[arg-type]
         )
     if alias:
         store.set_alias(alias, manifest.ref)
@@ -258,7 +260,8 @@ def publish_levels(
         versions = store.versions(name) if name in store.names() else []
         if (
             versions
-            and (store.manifest(f"{name}@{max(versions)}").pruning or {}).get("checkpoint_sha256") == digest
+            and getattr(store.manifest(f"{name}@{max(versions)}").pruning, "checkpoint_sha256", None)
+            == digest
         ):
             continue
         published.append(

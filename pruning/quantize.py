@@ -26,11 +26,12 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from model_store import Manifest, ModelStore
+from faces.embed import Embedder
+from faces.spec import manifest_record
+from faces.tensor import crops_to_tensor
+from model_store import Manifest, ModelStore, PreprocessSpec
 from pruning.calibrate import calibrate
-from pruning.data.faceset import FaceSet, load_validation
-from service.inference.embedder import Embedder
-from service.vision.tensor import crops_to_tensor
+from pruning.data.faceset import META_FILE, FaceSet, load_validation, read_meta
 
 Method = Literal["minmax", "entropy", "percentile"]
 _METHODS = {
@@ -91,11 +92,9 @@ class _Crops(CalibrationDataReader):
 
 def refuse_lfw(crops_root: Path, validation: FaceSet) -> None:
     """Calibrating on LFW would tune on the benchmark: refuse caches whose photos or labels are LFW's."""
-    import json
-
     for source in sorted(set(validation.source.tolist())):
-        meta_path = crops_root / source / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        folder = crops_root / source
+        meta = read_meta(folder) if (folder / META_FILE).exists() else {}
         photos = Path(str(meta.get("photos_root", "")))
         if "lfw" in source.lower() or any(part.lower().startswith("lfw") for part in photos.parts):
             raise LfwCalibrationError(
@@ -184,8 +183,9 @@ def quantize_variant(
                 },
             },
         }
+        measured_with: dict[str, PreprocessSpec] = {}
         if pairs is not None and images_root is not None:
-            from pruning.evaluate import crop_embedder, default_selection, evaluate, read_pairs
+            from faces.evaluation import benchmark_spec, crop_embedder, evaluate, read_pairs
             from pruning.publish import LFW_KEYS
 
             lfw = evaluate(
@@ -194,9 +194,10 @@ def quantize_variant(
                 crop_embedder(int8_embedder.embed, int8_embedder.template),
                 store=store,
                 cache_dir=cache_dir,
-                selection=default_selection(pairs),
+                spec=benchmark_spec(pairs),
             )
             metrics["lfw"] = {k: lfw[k] for k in LFW_KEYS}  # type: ignore[misc]
+            measured_with["lfw"] = lfw["preprocess"]  # type: ignore[assignment]
         manifest = parent.model_copy(
             update={
                 "name": name or f"{parent.name}-int8",
@@ -216,6 +217,7 @@ def quantize_variant(
                 ),
                 "pruning": None,  # the network's own pruning record stays with the float parent
                 "quantization": config.record(validation) | {"parent_sha256": parent.artifact.sha256},
+                "preprocess": manifest_record(store, **measured_with),
             }
         )
         return store.publish(Manifest.model_validate(manifest.model_dump()), {"model": out_path})

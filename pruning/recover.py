@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from faces.tensor import crops_to_tensor
 from pruning.models import MODEL_CARD, SqueezeFaceNet, create_model
-from service.vision.tensor import crops_to_tensor
 
 _EXPORT_PREFIX = "model."  # the export wraps the network (pruning.export.EmbeddingGraph)
 

@@ -3,7 +3,7 @@
 SFace is served beside the project's own models so a user who wants the most accurate answer can pick it per
 request (``X-Model-Variant: sface``) and the benchmarks can measure against it. It is never the default: it
 costs ~20 ms a face against the SqueezeFaceNet's ~1.5 ms. Its figures are measured like every variant's, on
-the published bytes through the service's own :class:`~service.inference.embedder.Embedder`: the threshold on
+the published bytes through the service's own :class:`~faces.embed.Embedder`: the threshold on
 the identity-held-out validation faces, LFW as a benchmark only.
 """
 
@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from faces.embed import Embedder
+from faces.evaluation import benchmark_spec, crop_embedder, evaluate, read_pairs
+from faces.spec import manifest_record
 from model_store import Manifest, ModelStore, Provenance
 from model_store.manifest import InputSpec, OutputSpec
 from pruning.calibrate import calibrate
 from pruning.data.faceset import load_validation
-from pruning.evaluate import crop_embedder, default_selection, evaluate, read_pairs
 from pruning.publish import LFW_KEYS, Benchmark, git_commit
 from pruning.sface import SFACE, SFACE_DIM, fetch_sface, graph_parity, servable_graph
-from service.inference.embedder import Embedder
 
 SFACE_PAPER = "https://arxiv.org/abs/2205.12010"
 
@@ -91,7 +92,7 @@ def publish_sface(
         crop_embedder(embedder.embed, embedder.template),
         store=store,
         cache_dir=benchmark.cache_dir,
-        selection=default_selection(benchmark.lfw_pairs),
+        spec=benchmark_spec(benchmark.lfw_pairs),
     )
     manifest = draft.model_copy(
         update={
@@ -101,6 +102,7 @@ def publish_sface(
                 "validation": {k: v for k, v in validation.items() if k != "thresholds"},  # type: ignore[misc]
             },
             "thresholds": validation["thresholds"],
+            "preprocess": manifest_record(store, lfw=lfw["preprocess"]),  # type: ignore[arg-type]
         }
     )
     with tempfile.TemporaryDirectory() as tmp:

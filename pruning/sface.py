@@ -22,7 +22,6 @@ Input: raw RGB 0–255 (the graph normalises inside), NCHW float32.
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from pruning.data.faceset import atomic_save_npy, finished_shards, read_meta, sface_path, shard_crops
 
 
 class TeacherIntegrityError(RuntimeError):
@@ -192,11 +193,6 @@ class SFaceTeacher:
 
 
 # ---- cache builder ----------------------------------------------------------------------------------
-def sface_path(crops_dir: Path, shard: int, *, mirror: bool = False) -> Path:
-    """A shard's SFace descriptors, (N, 128) float32 in row order; ``mirror``: of the flipped crops."""
-    return crops_dir / f"teacher-sface{'-mirror' if mirror else ''}-{shard:05d}.npy"
-
-
 def build_sface_cache(
     crops_dir: Path,
     teacher_dir: Path,
@@ -213,17 +209,11 @@ def build_sface_cache(
     """
     from tqdm import tqdm
 
-    from pruning.data.prep import atomic_save_npy
-
-    meta = json.loads((crops_dir / "meta.json").read_text())
-    todo = []
-    for index_path in sorted(crops_dir.glob("shard-*.jsonl")):
-        shard = int(index_path.stem.split("-")[1])
-        if not sface_path(crops_dir, shard, mirror=mirror).exists():
-            todo.append(shard)
+    meta = read_meta(crops_dir)
+    todo = [k for k in finished_shards(crops_dir) if not sface_path(crops_dir, k, mirror=mirror).exists()]
     if not todo:
         return 0
-    shards = {k: np.load(crops_dir / f"shard-{k:05d}.npy", mmap_mode="r") for k in todo}
+    shards = {k: shard_crops(crops_dir, k) for k in todo}
     teacher = SFaceTeacher.from_cache(teacher_dir, threads=threads)
     label = f"sface{' mirror' if mirror else ''} {meta['name']}"
     bar = tqdm(total=sum(len(c) for c in shards.values()), desc=label, unit="face", disable=not progress)

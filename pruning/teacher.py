@@ -8,13 +8,14 @@ It costs ~80 ms a face on one core here, so every training face is described onc
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+
+from pruning.data.faceset import accepted_records, atomic_save_npy, finished_shards, read_meta, teacher_path
 
 TEACHER_NAME = "dlib_face_recognition_resnet_model_v1"
 TEACHER_DIM = 128
@@ -62,7 +63,7 @@ def _init_worker(photos_root: str) -> None:
 
 
 def _describe(job: tuple[str, list[float]]) -> np.ndarray:
-    from service.vision.decode import decode_image
+    from faces.decode import decode_image
 
     rel, box = job
     root: Path = _worker["root"]  # type: ignore[assignment]
@@ -71,25 +72,16 @@ def _describe(job: tuple[str, list[float]]) -> np.ndarray:
     return teacher.describe(image, box)
 
 
-def teacher_path(crops_dir: Path, shard: int) -> Path:
-    return crops_dir / f"teacher-{shard:05d}.npy"
-
-
 def build_teacher_cache(crops_dir: Path, *, workers: int = 2, progress: bool = True) -> int:
     """Describe every accepted face of every finished prep shard that has no teacher file yet."""
     from tqdm import tqdm
 
-    from pruning.data.prep import atomic_save_npy
-
-    meta = json.loads((crops_dir / "meta.json").read_text())
+    meta = read_meta(crops_dir)
     todo = []
-    for index_path in sorted(crops_dir.glob("shard-*.jsonl")):
-        shard = int(index_path.stem.split("-")[1])
+    for shard in finished_shards(crops_dir):
         if teacher_path(crops_dir, shard).exists():
             continue
-        records = [json.loads(line) for line in index_path.read_text().splitlines()]
-        jobs = [(r["file"], r["box"]) for r in sorted(records, key=lambda r: r.get("row", -1)) if "row" in r]
-        todo.append((shard, jobs))
+        todo.append((shard, [(r["file"], r["box"]) for r in accepted_records(crops_dir, shard)]))
     total = sum(len(jobs) for _, jobs in todo)
     if not total:
         return 0

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from faces.tensor import crops_to_tensor
 from pruning.augment import augment, flip_mask
 from pruning.calibrate import calibrate
 from pruning.checkpoint import load_checkpoint, save_checkpoint, torch_embed_fn
 from pruning.data.faceset import FaceSet, load_faceset, validation_mask
 from pruning.models import MODEL_CARD, SqueezeFaceNet, count_params, create_model, with_pooling
-from service.vision.tensor import crops_to_tensor
 
 
 @dataclass

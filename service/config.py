@@ -9,7 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model_store import DEFAULT_ROOT
+from faces.spec import SERVING
+from model_store import DEFAULT_ROOT, PreprocessSpec
 
 
 def usable_cores() -> int:
@@ -26,7 +27,8 @@ class Settings(BaseSettings):
     port: int = 8000
 
     store_path: Path = DEFAULT_ROOT
-    detector_model: str = "mtcnn"
+    # The detector; None: the serving spec's.
+    detector_model: str | None = None
     # Used when a request names no variant: an alias, a name (latest version) or name@version.
     default_variant: str = "default"
     # Key into each embedder manifest's ``thresholds``: the false-match rate the decisions are tuned for.
@@ -39,14 +41,15 @@ class Settings(BaseSettings):
     # ONNX Runtime threads per session; with several workers keep workers × threads ≤ cores.
     intra_op_threads: int = Field(default=1, ge=1)
 
-    # Faces smaller than this are not searched for: a 20 px face carries little identity at 112×112, and
-    # each halving of the minimum adds pyramid levels (detection time).
-    min_face_size: int = Field(default=40, ge=12)
-    # A detected face whose shorter box side is below this is refused (face_too_small): MTCNN's boxes can
-    # come out smaller than the search minimum after regression, and such crops are mostly upsampling blur.
-    min_face_px: int = Field(default=32, ge=0)
+    # Face geometry (detector, padding, face choice, template) comes from the serving spec
+    # (``faces.spec.SERVING``), the one that training crops, evaluation and published figures use. These
+    # override it only where set; any override makes the service depart from the measured figures.
+    # Smallest face searched: each halving of it adds pyramid levels (detection time).
+    min_face_size: int | None = Field(default=None, ge=12)
+    # A detected face whose shorter box side is below this is refused (face_too_small).
+    min_face_px: int | None = Field(default=None, ge=0)
     # Longer photos are shrunk for detection only (alignment uses the full-resolution pixels).
-    max_detect_side: int = Field(default=1280, ge=64)
+    max_detect_side: int | None = Field(default=None, ge=64)
 
     # Whole request body, multipart overhead included; counted while reading, so chunked bodies obey it too.
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
@@ -95,6 +98,19 @@ class Settings(BaseSettings):
     gallery_search: Literal["hnsw", "exact"] = "hnsw"
     # Templates the HNSW index returns for re-ranking (its ef_search); more: higher recall, slower.
     gallery_hnsw_candidates: int = Field(default=100, ge=1, le=1000)
+
+    def preprocess_spec(self) -> PreprocessSpec:
+        """The serving spec with this deployment's limits (pixel cap always, the rest where set)."""
+        overrides: dict[str, object] = {"max_pixels": self.max_pixels}
+        for name, value in (
+            ("detector", self.detector_model),
+            ("min_face_size", self.min_face_size),
+            ("min_face_px", self.min_face_px),
+            ("max_detect_side", self.max_detect_side),
+        ):
+            if value is not None:
+                overrides[name] = value
+        return PreprocessSpec.model_validate(SERVING.model_dump() | overrides)
 
     @property
     def served_variant_list(self) -> list[str]:

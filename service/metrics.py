@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from service.inference.embedder import Embedder
+from faces.embed import Embedder
 
 # Seconds; dense where the target lives (a verify should take ~10–50 ms on two cores).
 _BUCKETS = (

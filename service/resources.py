@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from faces.detect import MTCNNDetector
+from faces.pipeline import FacePipeline
+from faces.variants import VariantRegistry
 from model_store import ModelStore
 from service.config import Settings
 from service.gallery import Gallery, PostgresOptions, open_gallery
-from service.inference.pipeline import FacePipeline
-from service.inference.variants import VariantRegistry
-from service.vision.detect import DetectorConfig, MTCNNDetector
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +31,10 @@ class Resources:
 
 def build_resources(settings: Settings) -> Resources:
     store = ModelStore(settings.store_path)
-    detector_ref = str(store.resolve(settings.detector_model))
-    detector = MTCNNDetector.from_store(
-        store,
-        detector_ref,
-        DetectorConfig(
-            min_face_size=settings.min_face_size,
-            max_image_side=settings.max_detect_side,
-            intra_op_threads=settings.intra_op_threads,
-        ),
+    pipeline = FacePipeline.from_spec(
+        settings.preprocess_spec(), store, intra_op_threads=settings.intra_op_threads
     )
+    detector_ref = pipeline.spec.detector
     variants = VariantRegistry.load(
         store,
         default=settings.default_variant,
@@ -48,7 +42,6 @@ def build_resources(settings: Settings) -> Resources:
         intra_op_threads=settings.intra_op_threads,
         only=settings.served_variant_list,
     )
-    pipeline = FacePipeline(detector, max_pixels=settings.max_pixels, min_face_px=settings.min_face_px)
     gallery = open_gallery(
         settings.gallery_url,
         PostgresOptions(
@@ -66,7 +59,7 @@ def build_resources(settings: Settings) -> Resources:
     return Resources(
         settings=settings,
         store=store,
-        detector=detector,
+        detector=pipeline.detector,
         detector_ref=detector_ref,
         variants=variants,
         pipeline=pipeline,

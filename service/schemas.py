@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.vision.detect import Face
+from faces.detect import Face
 
 USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$"
 USER_ID_DESCRIPTION = "Your identifier for the person: 1–128 characters of letters, digits and _ . @ : -"

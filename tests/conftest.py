@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from faces.decode import decode_image
+from faces.detect import DetectorConfig, MTCNNDetector
 from model_store import ModelStore
-from service.vision.decode import decode_image
-from service.vision.detect import DetectorConfig, MTCNNDetector
 from tests.pg_server import PostgresServer
 
 DATA = Path(__file__).parent / "data"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.vision import align
-from service.vision.align import (
+from faces import align
+from faces.align import (
     ARCFACE_112,
     TEMPLATES,
     AlignmentTemplate,

@@ -18,11 +18,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from faces.decode import decode_image
 from model_store import ModelStore
 from service.api.admission import ImageAdmission
 from service.main import create_app
-from service.vision.decode import decode_image
-from service.vision.detect import DetectorConfig, MTCNNDetector
 from tests.api_support import E2E, assert_problem, build_store, encode, make_settings
 
 PHOTO = E2E / "deepface" / "img1.jpg"  # one person
@@ -124,10 +123,10 @@ def test_sixteen_bit_decode_makes_no_wide_copies() -> None:
 
 
 def test_the_no_face_retry_pads_the_shrunk_image(small_store: ModelStore) -> None:
-    from service.inference.pipeline import FacePipeline
+    from faces.pipeline import FacePipeline
+    from faces.spec import SERVING
 
-    detector = MTCNNDetector.from_store(small_store, "mtcnn", DetectorConfig(max_image_side=640))
-    pipeline = FacePipeline(detector, max_pixels=25_000_000, min_face_px=32)
+    pipeline = FacePipeline.from_spec(SERVING.model_copy(update={"max_detect_side": 640}), small_store)
     image = np.full((4000, 4000, 3), 128, np.uint8)  # no face: the retry runs
     tracemalloc.start()
     try:
@@ -139,12 +138,14 @@ def test_the_no_face_retry_pads_the_shrunk_image(small_store: ModelStore) -> Non
 
 
 def test_a_face_in_a_large_photo_maps_back_to_full_resolution(small_store: ModelStore) -> None:
-    from service.inference.pipeline import FacePipeline
+    from faces.pipeline import FacePipeline
+    from faces.spec import SERVING
 
     photo = decode_image(PHOTO.read_bytes(), max_pixels=25_000_000)
     big = np.ascontiguousarray(np.repeat(np.repeat(photo, 4, axis=0), 4, axis=1))  # 4× each side
-    detector = MTCNNDetector.from_store(small_store, "mtcnn", DetectorConfig(max_image_side=1280))
-    pipeline = FacePipeline(detector, max_pixels=25_000_000, min_face_px=32)
+    # min_face_size 20: the pyramid this tolerance was set for (a coarser one moves boxes by more)
+    spec = SERVING.model_copy(update={"max_detect_side": 1280, "min_face_size": 20})
+    pipeline = FacePipeline.from_spec(spec, small_store)
     (small_face,) = pipeline.detect(photo)
     (big_face,) = pipeline.detect(big)
     np.testing.assert_allclose(big_face.box / 4, small_face.box, atol=4)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from faces import decode
+from faces.decode import ImageInfo, decode_image, probe_image, read_image_size
 from service.errors import DomainError, ImageTooLarge, InvalidImage, UnsupportedFormat
-from service.vision import decode
-from service.vision.decode import ImageInfo, decode_image, probe_image, read_image_size
 
 DATA = Path(__file__).parent / "data"
 PHOTO = DATA / "img12.jpg"  # deepface sample: 560x415 RGB JPEG

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.vision.detect import AreaSampler, MTCNNDetector, area_resize, nms_min, nms_union
+from faces.detect import AreaSampler, MTCNNDetector, area_resize, nms_min, nms_union
 from tests.conftest import DATA, LFW_SAMPLES, load_rgb
 
 PHOTOS = [*LFW_SAMPLES, DATA / "bbt3.jpg", DATA / "selfie-many-people.jpg"]
@@ -73,7 +73,7 @@ def test_photo_without_a_face(detector: MTCNNDetector) -> None:
 
 
 def test_large_images_are_shrunk_and_mapped_back(store) -> None:
-    from service.vision.detect import DetectorConfig
+    from faces.detect import DetectorConfig
 
     image = load_rgb(LFW_SAMPLES[1])
     big = np.repeat(np.repeat(image, 4, axis=0), 4, axis=1)  # 1000×1000
@@ -149,8 +149,8 @@ def test_nms_modes() -> None:
 
 def test_serving_path_imports_no_torch() -> None:
     code = (
-        "import sys; import model_store, service.vision.decode, service.vision.detect, service.vision.align;"
-        "from model_store import ModelStore; from service.vision.detect import MTCNNDetector;"
+        "import sys; import model_store, faces.decode, faces.detect, faces.align;"
+        "from model_store import ModelStore; from faces.detect import MTCNNDetector;"
         "MTCNNDetector.from_store(ModelStore());"
         "assert 'torch' not in sys.modules and 'torchvision' not in sys.modules, 'torch imported'"
     )

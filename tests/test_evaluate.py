@@ -9,8 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pruning.calibrate import calibrate
-from pruning.evaluate import (
+from faces.evaluation import (
     best_threshold,
     centre_fallback,
     evaluate,
@@ -18,6 +17,7 @@ from pruning.evaluate import (
     verification_metrics,
     write_report,
 )
+from pruning.calibrate import calibrate
 from tests.conftest import DATA
 
 BBT = DATA / "e2e" / "bbt"
@@ -132,15 +132,19 @@ def test_end_to_end_on_real_photos(tmp_path: Path, teacher_embed) -> None:
 
 
 def test_face_selection_policies(tmp_path: Path) -> None:
-    from pruning.evaluate import default_selection, select_face
-    from service.vision.detect import Face
+    from faces.detect import Face
+    from faces.evaluation import default_selection
+    from faces.quality import select_face
+    from faces.spec import BENCHMARK, SERVING
 
     def face(x1: float, y1: float, side: float) -> Face:
         return Face(np.array([x1, y1, x1 + side, y1 + side], np.float32), 0.99, np.zeros((5, 2), np.float32))
 
     bystander, subject = face(0, 150, 110), face(80, 80, 90)  # largest first, as the detector returns them
-    assert select_face([bystander, subject], 250, 250, "largest") is bystander
-    assert select_face([bystander, subject], 250, 250, "centre") is subject
+    assert select_face([bystander, subject], 250, 250, SERVING) is bystander
+    assert select_face([bystander, subject], 250, 250, BENCHMARK) is subject
+    by_box = SERVING.model_copy(update={"selection": "box"})
+    assert select_face([bystander, subject], 250, 250, by_box, np.array([85, 85, 165, 165])) is subject
     lfw = tmp_path / "pairs.txt"
     lfw.write_text("10\t300\n")
     csv_file = tmp_path / "pairs.csv"

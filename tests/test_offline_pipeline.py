@@ -149,7 +149,7 @@ def test_teacher_cache_is_resumable(crops_root: Path) -> None:
 
 
 def test_teacher_chip_is_150px(photo_folder: Path) -> None:
-    from service.vision.decode import decode_image
+    from faces.decode import decode_image
 
     image = decode_image((photo_folder / "amy1.png").read_bytes(), max_pixels=10**7)
     assert DlibTeacher().chip(image, [20, 20, 130, 130]).shape == (150, 150, 3)
@@ -256,14 +256,14 @@ def test_publish_embedder_fills_manifest(crops_root: Path, tmp_path: Path) -> No
     assert manifest.architecture and manifest.architecture["config"]["head"] == model.config.head
     assert "stride-2" in manifest.architecture["deviation"]
     assert manifest.artifact.bytes == onnx_path.stat().st_size
-    from service.inference.embedder import Embedder
+    from faces.embed import Embedder
 
     embedder = Embedder.from_store(store, "tiny")
     assert embedder.embed(faces.crops[:3]).shape == (3, 128)
 
 
 def test_flip_fused_export_is_mirror_invariant(crops_root: Path, tmp_path: Path) -> None:
-    from service.inference.embedder import Embedder
+    from faces.embed import Embedder
 
     torch.manual_seed(0)
     model = create_model(SqueezeFaceNetConfig(stem=32, fires=[(8, 16, 16)] * 8, head=64)).eval()
@@ -399,14 +399,14 @@ def test_pruning_schedule_snapshots_levels_and_resumes(
     manifest = published[0]
     section = manifest.pruning
     assert manifest.parent == "tinyface@1" and section is not None
-    assert section["criterion"] == "taylor" and section["pruning_ratio"] == 0.2
-    assert section["iterative_steps"] == 2
-    removed = section["filters_removed"]
-    assert removed["stem"] == 0  # ignored
+    assert section.criterion == "taylor" and section.pruning_ratio == 0.2
+    assert section.iterative_steps == 2
+    removed = section.filters_removed
+    assert removed is not None and removed["stem"] == 0  # ignored
     assert removed == {k: history[0]["filters"][k] - history[-1]["filters"][k] for k in removed}
-    assert section["dense_params"] == history[0]["params"]
+    assert section.dense_params == history[0]["params"]
     assert manifest.params == history[-1]["params"]
-    assert 0 < section["params_removed_share"] < 1
+    assert section.params_removed_share is not None and 0 < section.params_removed_share < 1
 
 
 def test_training_from_a_pruned_checkpoint_keeps_its_widths_and_lineage(
@@ -477,8 +477,8 @@ def test_published_weights_round_trip_and_prune_from_a_variant(
 def test_weights_are_rebuilt_from_a_variant_published_without_them(crops_root: Path, tmp_path: Path) -> None:
     """squeezefacenet@2 predates the weights artifact: its folded ONNX graph is turned back into a network
     whose eval output is the graph's, batch norms re-derived from real crops."""
+    from faces.embed import Embedder
     from pruning.checkpoint import materialise
-    from service.inference.embedder import Embedder
 
     path = materialise("squeezefacenet@2", tmp_path, crops_root=crops_root)
     model, payload = load_checkpoint(path)

@@ -10,12 +10,12 @@ import numpy as np
 import onnx
 import pytest
 
+from faces.embed import Embedder
 from faceverify.cli import main
 from model_store import ModelStore
 from pruning.data.faceset import load_validation
 from pruning.data.prep import PrepConfig, prepare
 from pruning.quantize import LfwCalibrationError, QuantConfig, quantize_variant
-from service.inference.embedder import Embedder
 from tests.conftest import DATA
 
 BBT = DATA / "e2e" / "bbt"
@@ -63,10 +63,12 @@ def test_cli_publishes_an_int8_child_with_lineage(
     parent = store.manifest(PARENT)
     assert printed["published"] == manifest.ref == "squeezerfacenet-taylor-30-int8@1"
     assert manifest.parent == PARENT and manifest.pruning is None
+    # the spec the variant is served with travels in its manifest (typed)
+    assert manifest.preprocess is not None and manifest.preprocess["serving"].template == "arcface_112"
     q = manifest.quantization
-    assert q and q["format"] == "QDQ" and q["weights"] == "int8, per channel"
-    assert q["calibration_crops"] == 16 and q["calibration_sources"] == ["bbt"]
-    assert q["parent_sha256"] == parent.artifact.sha256
+    assert q and q.format == "QDQ" and q.weights == "int8, per channel"
+    assert q.calibration_crops == 16 and q.calibration_sources == ["bbt"]
+    assert q.parent_sha256 == parent.artifact.sha256
     assert manifest.architecture == parent.architecture and manifest.params == parent.params
     # Its own threshold, calibrated on the validation faces (not the parent's copied over).
     assert set(manifest.thresholds) == {"2e-2"} and manifest.thresholds["2e-2"] != parent.thresholds["1e-3"]

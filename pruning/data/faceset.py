@@ -1,4 +1,16 @@
-"""Read prepared crop caches (+ teacher descriptors) into memory, and split them by identity.
+"""The crop cache's one owner: its file format, shards, the teacher files beside them, the validation split.
+
+``faceverify prep`` writes a cache through this module, teachers add their files through it, and every
+reader (training, publishing, calibration, quantisation, benchmarks) reads through it. Layout of one cache
+folder (``<data>/crops/<name>/``)::
+
+    meta.json                        what was prepared, from where, with which ``PreprocessSpec``
+    shard-00000.npy                  (n_ok, 112, 112, 3) uint8 crops of the shard's accepted photos
+    shard-00000.jsonl                one record per photo: file, identity, status, score, box, landmarks, row
+    teacher-00000.npy                dlib descriptors of the shard's accepted faces, in row order
+    teacher-sface[-mirror]-00000.npy SFace descriptors of the crops (of their mirror images)
+
+A shard is finished when its ``.jsonl`` exists (written last).
 
 Teachers: ``"dlib"`` (``teacher-00000.npy``, described from the photo on dlib's own chip) and ``"sface"``
 (``teacher-sface-00000.npy``, the cached crop itself, plus ``teacher-sface-mirror-00000.npy`` for its mirror
@@ -10,16 +22,74 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pruning.sface import sface_path
-from pruning.teacher import teacher_path
-
 TEACHERS = ("dlib", "sface")
+META_FILE = "meta.json"
+
+
+# ---- the format ------------------------------------------------------------------------------------
+def cache_names(crops_root: Path) -> list[str]:
+    """The prepared caches under ``crops_root`` (folders with a meta.json), sorted."""
+    return sorted(p.name for p in crops_root.iterdir() if (p / META_FILE).exists())
+
+
+def read_meta(folder: Path) -> dict[str, object]:
+    return json.loads((folder / META_FILE).read_text())
+
+
+def shard_paths(folder: Path, shard: int) -> tuple[Path, Path]:
+    """(crops .npy, index .jsonl) of one shard."""
+    return folder / f"shard-{shard:05d}.npy", folder / f"shard-{shard:05d}.jsonl"
+
+
+def finished_shards(folder: Path) -> list[int]:
+    return [int(p.stem.split("-")[1]) for p in sorted(folder.glob("shard-*.jsonl"))]
+
+
+def shard_records(folder: Path, shard: int) -> list[dict]:
+    return [json.loads(line) for line in shard_paths(folder, shard)[1].read_text().splitlines()]
+
+
+def accepted_records(folder: Path, shard: int) -> list[dict]:
+    """The shard's accepted faces' records, in crop-row order (the order of every teacher file too)."""
+    return sorted((r for r in shard_records(folder, shard) if "row" in r), key=lambda r: r["row"])
+
+
+def shard_crops(folder: Path, shard: int) -> np.ndarray:
+    """The shard's crops, memory-mapped (read only what is indexed)."""
+    return np.load(shard_paths(folder, shard)[0], mmap_mode="r")
+
+
+def iter_records(folder: Path) -> Iterator[dict[str, object]]:
+    """Every photo's record of every finished shard, with its ``shard``."""
+    for shard in finished_shards(folder):
+        for record in shard_records(folder, shard):
+            yield record | {"shard": shard}
+
+
+def teacher_path(folder: Path, shard: int) -> Path:
+    """A shard's dlib descriptors, (N, 128) float32 in row order."""
+    return folder / f"teacher-{shard:05d}.npy"
+
+
+def sface_path(folder: Path, shard: int, *, mirror: bool = False) -> Path:
+    """A shard's SFace descriptors, (N, 128) float32 in row order; ``mirror``: of the flipped crops."""
+    return folder / f"teacher-sface{'-mirror' if mirror else ''}-{shard:05d}.npy"
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+# ---- reading into memory -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -78,22 +148,20 @@ def load_faceset(
     ``keep(identity)`` reads only the faces it accepts (e.g. the validation identities) and skips the rest
     without copying their crops into memory; ``limit`` stops after that many faces.
     """
-    names = sources or sorted(p.name for p in crops_root.iterdir() if (p / "meta.json").exists())
+    names = sources or cache_names(crops_root)
     parts: dict[str, list] = {k: [] for k in ("crops", "teacher", "mirror", "identity", "source", "file")}
     seen_files: dict[str, set[str]] = {}
     mirrors_complete = teacher is not None
     for name in names:
         folder = crops_root / name
         seen_files[name] = set()
-        for index_path in sorted(folder.glob("shard-*.jsonl")):
+        for shard in finished_shards(folder):
             if limit is not None and sum(len(c) for c in parts["crops"]) >= limit:
                 break
-            shard = int(index_path.stem.split("-")[1])
             descriptor_file, mirror_file = _teacher_files(folder, shard, teacher)
             if descriptor_file is not None and not descriptor_file.exists():
                 continue
-            records = [json.loads(line) for line in index_path.read_text().splitlines()]
-            accepted = sorted((r for r in records if "row" in r), key=lambda r: r["row"])
+            accepted = accepted_records(folder, shard)
             identity = np.array([r.get("identity") or "" for r in accepted], dtype=object)
             duplicate_pool = seen_files.get(_DUPLICATE_OF.get(name, ""), set())
             mask = np.array([Path(r["file"]).name not in duplicate_pool for r in accepted], dtype=bool)
@@ -102,7 +170,7 @@ def load_faceset(
                 mask &= np.array([keep(str(i)) for i in identity], dtype=bool)
             if not mask.any():
                 continue
-            crops = np.load(folder / f"shard-{shard:05d}.npy", mmap_mode="r")
+            crops = shard_crops(folder, shard)
             parts["crops"].append(np.asarray(crops[mask]))
             if descriptor_file is None:
                 parts["teacher"].append(np.zeros((int(mask.sum()), 0), np.float32))

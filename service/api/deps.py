@@ -7,13 +7,13 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from faces.embed import Embedder
+from faces.pipeline import FacePipeline
+from faces.variants import VariantRegistry
 from service.api.admission import ImageAdmission
 from service.config import Settings
 from service.errors import InvalidRequest, NotReady, Unauthorized
 from service.gallery import Gallery
-from service.inference.embedder import Embedder
-from service.inference.pipeline import FacePipeline
-from service.inference.variants import VariantRegistry
 from service.metrics import Metrics
 from service.resources import Resources
 

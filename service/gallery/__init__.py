@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.gallery.base import Gallery, Match, Template, TemplateCount, VariantKey
+from service.gallery.base import Gallery, Match, Template, TemplateCount, VariantKey, gallery_key
 from service.gallery.postgres import PostgresGallery, PostgresOptions
 from service.gallery.sqlite import SQLiteGallery
 
@@ -37,5 +37,6 @@ __all__ = [
     "Template",
     "TemplateCount",
     "VariantKey",
+    "gallery_key",
     "open_gallery",
 ]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from faces.embed import Embedder
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +18,10 @@ class VariantKey:
 
     name: str
     sha256: str
+
+
+def gallery_key(embedder: Embedder) -> VariantKey:
+    return VariantKey(embedder.manifest.name, embedder.sha256)
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,10 +105,12 @@ class PostgresGallery:
                 "SELECT id, dim FROM variants WHERE name = %s AND model_sha256 = %s", (key.name, key.sha256)
             ).fetchone()
             if row is None:
-                (variant_id,) = conn.execute(
+                inserted = conn.execute(
                     "INSERT INTO variants (name, model_sha256, dim) VALUES (%s, %s, %s) RETURNING id",
                     (key.name, key.sha256, dim),
                 ).fetchone()
+                assert inserted is not None  # RETURNING always yields the new row
+                (variant_id,) = inserted
                 conn.execute(_create_index(variant_id, dim))
                 row = (variant_id, dim)
         return self._lookup(conn, key) or _Variant(*row)

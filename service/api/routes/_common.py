@@ -9,12 +9,12 @@ from functools import partial
 import anyio
 from fastapi import UploadFile
 
+from faces.decode import probe_image
+from faces.embed import Embedder
+from faces.pipeline import FacePipeline, FaceResult, Timings
 from service.api.admission import ImageAdmission
 from service.errors import DomainError, ImageTooLarge
-from service.inference.embedder import Embedder
-from service.inference.pipeline import FacePipeline, FaceResult, Timings
 from service.metrics import Metrics
-from service.vision.decode import probe_image
 
 
 async def embed_uploads(

@@ -20,8 +20,7 @@ from service.api.errors import IMAGE_ERRORS, problem_responses
 from service.api.routes import API_PREFIX
 from service.api.routes._common import embed_uploads
 from service.errors import InvalidRequest, NotReady, TooManyTemplates
-from service.gallery import Template
-from service.inference.variants import gallery_key
+from service.gallery import Template, gallery_key
 from service.metrics import ALL_VARIANTS
 from service.schemas import USER_ID_DESCRIPTION, USER_ID_PATTERN, EnrollResponse, FaceSummary
 

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from faces import decision
 from service.api.deps import (
     AdmissionDep,
     EmbedderDep,
@@ -20,7 +21,7 @@ from service.api.deps import (
 from service.api.errors import IMAGE_ERRORS, problem_responses
 from service.api.routes import API_PREFIX
 from service.api.routes._common import embed_uploads
-from service.inference.variants import gallery_key
+from service.gallery import gallery_key
 from service.schemas import Candidate, FaceSummary, IdentifyResponse
 
 router = APIRouter(prefix=API_PREFIX, tags=["gallery"])
@@ -62,7 +63,9 @@ async def identify(
     )
     metrics.observe_stages([("match", embedder.ref, time.perf_counter() - start)])
     candidates = [
-        Candidate(user_id=m.user_id, score=round(m.score, 6)) for m in matches if m.score >= threshold
+        Candidate(user_id=m.user_id, score=round(m.score, 6))
+        for m in matches
+        if decision.is_match(m.score, threshold)
     ]
     metrics.decision(bool(candidates), embedder.ref)
     return IdentifyResponse(

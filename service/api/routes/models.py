@@ -55,18 +55,24 @@ async def list_models(resources: ResourcesDep) -> ModelsResponse:
 def pruning_summary(manifest: Manifest) -> PruningSummary | None:
     """The client-facing part of a manifest's pruning record (its run paths and config stay internal)."""
     record = manifest.pruning
-    if not record:
+    if record is None:
         return None
     return PruningSummary(
-        criterion=str(record.get("criterion")),
-        filters_removed_share=float(record.get("removed_share", 0.0)),
-        params_removed_share=record.get("params_removed_share"),
-        flops_removed_share=record.get("flops_removed_share"),
+        criterion=record.criterion,
+        filters_removed_share=record.removed_share,
+        params_removed_share=record.params_removed_share,
+        flops_removed_share=record.flops_removed_share,
     )
 
 
 def quantization_summary(manifest: Manifest) -> QuantizationSummary | None:
     record = manifest.quantization
-    if not record:
+    if record is None:
         return None
-    return QuantizationSummary.model_validate({k: record.get(k) for k in QuantizationSummary.model_fields})
+    return QuantizationSummary(
+        format=record.format,
+        weights=record.weights,
+        activations=record.activations,
+        calibration_method=record.calibration_method,
+        calibration_crops=record.calibration_crops,
+    )

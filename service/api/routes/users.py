@@ -11,7 +11,7 @@ from service.api.deps import GalleryDep, VariantsDep
 from service.api.errors import problem_responses
 from service.api.routes import API_PREFIX
 from service.errors import UserNotFound
-from service.inference.variants import gallery_key
+from service.gallery import gallery_key
 from service.schemas import (
     USER_ID_DESCRIPTION,
     USER_ID_PATTERN,

@@ -7,11 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
 
+from faces import decision
 from service.api.deps import AdmissionDep, EmbedderDep, MetricsDep, PipelineDep, SettingsDep, sent_once
 from service.api.errors import IMAGE_ERRORS, problem_responses
 from service.api.routes import API_PREFIX
 from service.api.routes._common import embed_uploads
-from service.inference.pipeline import cosine
 from service.schemas import FaceSummary, VerifyResponse
 
 router = APIRouter(prefix=API_PREFIX, tags=["faces"])
@@ -43,15 +43,15 @@ async def verify(
         max_request_pixels=settings.max_request_pixels,
     )
     start = time.perf_counter()
-    score = cosine(a.embeddings[embedder.ref], b.embeddings[embedder.ref])
-    threshold = embedder.threshold(settings.target_fmr)
-    matched = score >= threshold
+    verdict = decision.verify(
+        embedder, a.embeddings[embedder.ref], b.embeddings[embedder.ref], settings.target_fmr
+    )
     metrics.observe_stages([("match", embedder.ref, time.perf_counter() - start)])
-    metrics.decision(matched, embedder.ref)
+    metrics.decision(verdict.match, embedder.ref)
     return VerifyResponse(
-        match=matched,
-        score=round(score, 6),
-        threshold=threshold,
+        match=verdict.match,
+        score=round(verdict.score, 6),
+        threshold=verdict.threshold,
         variant=embedder.ref,
         faces=[FaceSummary.of(a.face, a.face_count), FaceSummary.of(b.face, b.face_count)],
     )

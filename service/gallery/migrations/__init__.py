@@ -62,7 +62,9 @@ def migrate(conn: psycopg.Connection, migrations: list[Migration] | None = None)
             " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        recorded = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+        recorded: dict[int, str] = dict(
+            conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
+        )
         known = {m.version for m in migrations}
         newer = sorted(set(recorded) - known)
         if newer:

@@ -1,4 +1,4 @@
-"""The embedding variants loaded at start-up, and how a client's ``X-Model-Variant`` value selects one."""
+"""The embedding variants loaded at start-up, and how a requested name (``X-Model-Variant``) selects one."""
 
 from __future__ import annotations
 
@@ -6,19 +6,14 @@ import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 
+from faces.align import TEMPLATES
+from faces.embed import Embedder
+from faces.errors import NotReady, UnknownVariant
 from model_store import ModelNotFound, ModelStore
-from service.errors import NotReady, UnknownVariant
-from service.gallery import VariantKey
-from service.inference.embedder import Embedder
-from service.vision.align import TEMPLATES
 
 log = logging.getLogger(__name__)
 
 _MAX_REQUESTED_LENGTH = 200
-
-
-def gallery_key(embedder: Embedder) -> VariantKey:
-    return VariantKey(embedder.manifest.name, embedder.sha256)
 
 
 class VariantRegistry:

@@ -89,7 +89,7 @@ class AreaSampler:
     def resize(self, top: int, bottom: int, left: int, right: int, height: int, width: int) -> np.ndarray:
         """Pool image[top:bottom, left:right] to height×width; returns float32 HxWxC."""
         one = [np.array([v]) for v in (top, bottom, left, right)]
-        return self.resize_boxes(*one, height, width)[0]
+        return self.resize_boxes(one[0], one[1], one[2], one[3], height, width)[0]
 
     def resize_boxes(
         self,
@@ -142,9 +142,9 @@ def _normalise(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def _whole_image(height: int, width: int) -> tuple[np.ndarray, ...]:
+def _whole_image(height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(top, bottom, left, right) of the whole image, as the one-box arrays AreaSampler.pool takes."""
-    return tuple(np.array([v]) for v in (0, height, 0, width))
+    return np.array([0]), np.array([height]), np.array([0]), np.array([width])
 
 
 def _bins(start: IntOrArray, stop: IntOrArray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -279,7 +279,7 @@ class MTCNNDetector:
         candidates = []
         for scale in self._scales(height, width):
             size = (int(height * scale + 1), int(width * scale + 1))
-            batch = _normalise(sampler.pool(*_whole_image(height, width), *size))
+            batch = _normalise(sampler.pool(*_whole_image(height, width), size[0], size[1]))
             reg, prob = self._sessions["pnet"].run(None, {"input": batch})
             rows, cols = np.nonzero(prob[0, 1] >= self.config.thresholds[0])
             if rows.size == 0:

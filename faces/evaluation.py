@@ -1,6 +1,8 @@
-"""``faceverify eval``: verification accuracy of a face embedder end to end from raw photos.
+"""The evaluation harness (``faceverify eval``, ``publish``): verification accuracy from raw photos.
 
-Every photo goes through the serving preprocessing (decode → MTCNN → largest face → 5-point alignment).
+Every photo goes through :class:`faces.pipeline.FacePipeline` with a :class:`~faces.spec.PreprocessSpec`
+(the serving one, or ``BENCHMARK`` = serving but the centred face, for LFW), so a figure measured here is
+what the API gives. Metrics need scikit-learn (the offline extra); the rest runs on the serving set.
 Protocol for LFW View 2 (Huang et al. 2007): 10 folds of 600 pairs; each fold's accuracy uses the threshold
 that maximises accuracy on the other nine folds. Also EER and TAR at FAR = 1e-3 over all pairs.
 A photo where no face is found still counts: it falls back to a fixed centre alignment, and the number of
@@ -15,14 +17,17 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from faces.align import align_face, get_template
+from faces.decode import decode_image
+from faces.pipeline import FacePipeline
+from faces.spec import BENCHMARK, SERVING, PreprocessSpec
 from model_store import ModelStore
-from service.vision.align import align_face, get_template
-from service.vision.decode import decode_image
-from service.vision.detect import DetectorConfig, MTCNNDetector
+
+FaceSelection = Literal["largest", "centre"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,11 @@ def default_selection(pairs_file: Path) -> FaceSelection:
     """LFW's pairs.txt → ``centre`` (its photos are centred on the labelled person); a CSV → ``largest``."""
     first = pairs_file.read_text().split("\n", 1)[0].split()
     return "centre" if len(first) == 2 and all(h.isdigit() for h in first) else "largest"
+
+
+def benchmark_spec(pairs_file: Path, selection: FaceSelection | None = None) -> PreprocessSpec:
+    """The spec a pair list is measured with: ``BENCHMARK`` for LFW, ``SERVING`` for a CSV (or as chosen)."""
+    return BENCHMARK if (selection or default_selection(pairs_file)) == "centre" else SERVING
 
 
 def read_pairs(path: Path) -> list[Pair]:
@@ -95,26 +105,13 @@ def centre_fallback(height: int, width: int, template: str = "arcface_112") -> A
     return AcquiredFace(landmarks.astype(np.float32), box.astype(np.float32), detected=False)
 
 
-FaceSelection = Literal["largest", "centre"]
-
-
-def select_face(faces: list, height: int, width: int, policy: FaceSelection):
-    """``largest`` is the service's rule. ``centre`` suits benchmarks whose photos are centred on the
-    labelled person (LFW): there the largest face is a bystander in ~2.4 % of photos."""
-    if policy == "largest":
-        return faces[0]  # the detector returns faces largest first
-    centre = np.array([width / 2, height / 2])
-    return min(faces, key=lambda f: float(np.linalg.norm((f.box[:2] + f.box[2:]) / 2 - centre)))
-
-
 def acquire_faces(
-    root: Path,
-    paths: Sequence[str],
-    detector: MTCNNDetector,
-    cache: Path | None = None,
-    selection: FaceSelection = "largest",
+    root: Path, paths: Sequence[str], pipeline: FacePipeline, cache: Path | None = None
 ) -> dict[str, AcquiredFace]:
-    """One face per photo (by ``selection``), cached by detector, policy and photo list."""
+    """One face per photo, the spec's way; a photo it refuses falls back to the centre (``detected`` False).
+
+    Cached by spec, detector and photo list (the cache key is the caller's).
+    """
     from tqdm import tqdm
 
     if cache is not None and cache.exists():
@@ -126,13 +123,12 @@ def acquire_faces(
             }
     faces: dict[str, AcquiredFace] = {}
     for path in tqdm(paths, desc="detect", unit="photo"):
-        image = decode_image((root / path).read_bytes(), max_pixels=50_000_000)
-        found = detector.detect(image)
-        if found:
-            face = select_face(found, image.shape[0], image.shape[1], selection)
-            faces[path] = AcquiredFace(face.landmarks, face.box, True)
+        image = pipeline.decode((root / path).read_bytes())
+        found = pipeline.acquire(image)
+        if found.ok and found.face is not None:
+            faces[path] = AcquiredFace(found.face.landmarks, found.face.box, True)
         else:
-            faces[path] = centre_fallback(*image.shape[:2])
+            faces[path] = centre_fallback(image.shape[0], image.shape[1], pipeline.spec.template)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(
@@ -163,7 +159,11 @@ def crop_embedder(embed_crops: Callable[[np.ndarray], np.ndarray], template: str
 
 
 def embed_photos(
-    root: Path, faces: dict[str, AcquiredFace], embed: FaceEmbedFn, batch_size: int = 64
+    root: Path,
+    faces: dict[str, AcquiredFace],
+    embed: FaceEmbedFn,
+    batch_size: int = 64,
+    max_pixels: int = BENCHMARK.max_pixels,
 ) -> dict[str, np.ndarray]:
     from tqdm import tqdm
 
@@ -171,7 +171,7 @@ def embed_photos(
     out: dict[str, np.ndarray] = {}
     for start in tqdm(range(0, len(paths), batch_size), desc="embed", unit="batch"):
         chunk = paths[start : start + batch_size]
-        images = [decode_image((root / p).read_bytes(), max_pixels=50_000_000) for p in chunk]
+        images = [decode_image((root / p).read_bytes(), max_pixels=max_pixels) for p in chunk]
         vectors = embed(images, [faces[p] for p in chunk])
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         out.update(zip(chunk, vectors, strict=True))
@@ -213,7 +213,7 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray
     }
 
 
-def plot_roc(curves: dict[str, dict[str, object]], path: Path, title: str) -> None:
+def plot_roc(curves: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,36 +243,41 @@ def evaluate(
     embed: FaceEmbedFn,
     *,
     store: ModelStore | None = None,
-    detector_ref: str = "mtcnn",
+    spec: PreprocessSpec = SERVING,
     cache_dir: Path | None = None,
-    selection: FaceSelection = "largest",
 ) -> dict[str, object]:
+    """Accuracy of ``embed`` on ``pairs``; every photo acquired with ``spec`` (``benchmark_spec``)."""
     store = store or ModelStore()
-    detector = MTCNNDetector.from_store(store, detector_ref, DetectorConfig())
+    pipeline = FacePipeline.from_spec(spec, store)
     paths = sorted({p.path_a for p in pairs} | {p.path_b for p in pairs})
     cache = None
     if cache_dir is not None:
-        detector_sha = store.manifest(detector_ref).artifacts["onet"].sha256
+        detector_sha = store.manifest(pipeline.spec.detector).artifacts["onet"].sha256
         key = hashlib.sha256(
-            "\n".join([str(root.resolve()), selection, detector_sha, *paths]).encode()
+            "\n".join([str(root.resolve()), pipeline.spec.model_dump_json(), detector_sha, *paths]).encode()
         ).hexdigest()[:16]
         cache = cache_dir / f"faces-{key}.npz"
-    faces = acquire_faces(root, paths, detector, cache, selection)
-    vectors = embed_photos(root, faces, embed)
+    faces = acquire_faces(root, paths, pipeline, cache)
+    vectors = embed_photos(root, faces, embed, max_pixels=pipeline.spec.max_pixels)
     scores = np.array([float(vectors[p.path_a] @ vectors[p.path_b]) for p in pairs])
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
     metrics = verification_metrics(scores, same, folds)
     metrics["scores"] = scores  # per pair, in the pairs' order (``faceverify eval --scores``)
     metrics["failures_to_acquire"] = sum(1 for f in faces.values() if not f.detected)
-    metrics["face_selection"] = selection
+    metrics["face_selection"] = pipeline.spec.selection
+    metrics["preprocess"] = pipeline.spec  # what the figures were measured with (into the manifest)
+    metrics["faces"] = faces  # path → the face each photo was measured on
     metrics["n_photos"] = len(paths)
     return metrics
 
 
 def write_report(metrics: dict[str, object], out: Path, label: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    slim = {k: v for k, v in metrics.items() if k not in ("roc", "scores")}
+    slim = {k: v for k, v in metrics.items() if k not in ("roc", "scores", "preprocess", "faces")}
+    spec = metrics.get("preprocess")
+    if isinstance(spec, PreprocessSpec):
+        slim["preprocess"] = spec.model_dump()
     out.write_text(json.dumps(slim | {"label": label}, indent=2) + "\n")
     plot_roc({label: metrics}, out.with_suffix(".png"), f"ROC — {label}")
 

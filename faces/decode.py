@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from service.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
+from faces.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
 
 # Pillow format name → the name we report. MPO is a JPEG with extra frames appended (phones and cameras
 # write it for depth maps/previews); the first frame is an ordinary JPEG, so it is accepted as JPEG.

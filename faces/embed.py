@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from faces.tensor import crops_to_tensor
 from model_store import Manifest, ModelStore
-from service.vision.tensor import crops_to_tensor
 
 MAX_BATCH = 64
 

@@ -1,1 +1,0 @@
-"""Face preprocessing shared by serving and training: decode → detect → align."""
