@@ -16,11 +16,11 @@ import argparse
 import json
 from pathlib import Path
 
+from faces.embed import Embedder
 from model_store import ModelStore
 from pruning.calibrate import calibrate
 from pruning.data.faceset import load_validation
 from pruning.data.paths import data_root
-from service.inference.embedder import Embedder
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 DEFAULT_VARIANTS = ["squeezefacenet@2", "squeezefacenet@3", "squeezerfacenet-taylor-30@3", "sface@1"]
