@@ -29,7 +29,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from faces.embed import Embedder
 from faces.spec import manifest_record
 from faces.tensor import crops_to_tensor
-from model_store import Manifest, ModelStore, PreprocessSpec
+from model_store import Manifest, ModelStore, PreprocessSpec, QuantizationRecord
 from pruning.calibrate import calibrate
 from pruning.data.faceset import META_FILE, FaceSet, load_validation, read_meta
 
@@ -216,7 +216,9 @@ def quantize_variant(
                     update={"code_commit": code_commit, "command": command, "notes": None}
                 ),
                 "pruning": None,  # the network's own pruning record stays with the float parent
-                "quantization": config.record(validation) | {"parent_sha256": parent.artifact.sha256},
+                "quantization": QuantizationRecord.model_validate(
+                    config.record(validation) | {"parent_sha256": parent.artifact.sha256}
+                ),
                 "preprocess": manifest_record(store, **measured_with),
             }
         )
