@@ -43,19 +43,26 @@ class Server:
         return self.process.returncode
 
 
-def start_server(settings: dict[str, str], log: Path, *, ready_within: float = 90.0) -> Server:
-    """Start the service with these ``FACEVERIFY_*`` settings (the rest of the environment inherited, an API
-    key only if given) and wait until ``/readyz`` answers 200."""
+def start_server(
+    settings: dict[str, str],
+    log: Path,
+    *,
+    ready_within: float = 90.0,
+    workers: int = 1,
+    unset: tuple[str, ...] = (),
+) -> Server:
+    """Start the service with these ``FACEVERIFY_*`` settings and wait until ``/readyz`` answers 200.
+
+    The rest of the environment is inherited, except ``unset`` and an API key unless given; ``workers`` > 1
+    serves with gunicorn."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "FACEVERIFY_API_KEY"} | settings
+    dropped = {"FACEVERIFY_API_KEY", *unset}
+    env = {k: v for k, v in os.environ.items() if k not in dropped} | settings
+    command = [sys.executable, "-m", "faceverify.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if workers > 1:
+        command += ["--workers", str(workers)]
     with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "faceverify.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
     server = Server(process, f"http://127.0.0.1:{port}", log)
     deadline = time.monotonic() + ready_within
     while True:

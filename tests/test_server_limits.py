@@ -8,11 +8,9 @@ limits, so that every limit is reached in milliseconds.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,8 +22,9 @@ from PIL import Image
 
 from model_store import ModelStore
 from tests.api_support import E2E, build_store, encode
+from tests.live_server import Server as LiveServer
+from tests.live_server import start_server
 
-ROOT = Path(__file__).resolve().parents[1]
 PHOTO = E2E / "deepface" / "img1.jpg"
 MAX_HEADER_BYTES = 4096
 HEADER_TIMEOUT = 1.0
@@ -38,33 +37,20 @@ DRAIN_DELAY = 3.0
 class Server:
     mode: str
     workers: int
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
+    live: LiveServer
     tmpdir: Path
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.live.base_url
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.live.process
 
     def connect(self) -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-        return sock
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        host, port = self.base_url.removeprefix("http://").split(":")
+        return socket.create_connection((host, int(port)), timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +67,7 @@ def server(
     folder = tmp_path_factory.mktemp(f"limits-{mode}")
     tmpdir = folder / "tmp"
     tmpdir.mkdir()
-    port = free_port()
-    env = {
-        **os.environ,
+    settings = {
         "TMPDIR": str(tmpdir),  # gunicorn's temporary metrics directory must not outlive it
         "FACEVERIFY_STORE_PATH": str(small_store.root),
         "FACEVERIFY_GALLERY_URL": f"sqlite:///{folder}/gallery.db",
@@ -94,28 +78,14 @@ def server(
         "FACEVERIFY_IMAGE_WORKERS": "1",
         "FACEVERIFY_DRAIN_DELAY_SECONDS": str(DRAIN_DELAY),
     }
-    for name in ("FACEVERIFY_API_KEY", "PROMETHEUS_MULTIPROC_DIR", "FACEVERIFY_INTRA_OP_THREADS"):
-        env.pop(name, None)
     workers = 2 if mode == "gunicorn" else 1
-    command = [sys.executable, "-m", "faceverify.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    if workers > 1:
-        command += ["--workers", str(workers)]
     log = folder / "server.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    srv = Server(mode, workers, process, port, log, tmpdir)
-    deadline = time.monotonic() + 90
-    while True:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{srv.base_url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server not ready:\n" + log.read_text()
-        time.sleep(0.3)
+    live = start_server(
+        settings, log, workers=workers, unset=("PROMETHEUS_MULTIPROC_DIR", "FACEVERIFY_INTRA_OP_THREADS")
+    )
+    srv = Server(mode, workers, live, tmpdir)
     yield srv
-    srv.stop()
+    live.stop()
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
