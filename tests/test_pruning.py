@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pruning.checkpoint import load_checkpoint, save_checkpoint
 from pruning.importance import (
@@ -19,6 +18,7 @@ from pruning.importance import (
 )
 from pruning.models import SqueezeFaceNetConfig, count_params, create_model, with_pooling
 from pruning.surgery import filter_counts, prunable_layers, remove_filters
+from tests.pruning_support import cosine_loss, random_batches
 
 SMALL = SqueezeFaceNetConfig(
     stem=24, fires=[(8, 16, 16), (8, 16, 16), (12, 24, 24), (12, 24, 24)] * 2, head=48
@@ -121,27 +121,11 @@ def test_refuses_to_empty_a_layer() -> None:
         remove_filters(model, {"fire2.squeeze": list(range(8))})
 
 
-def _loss_fn(model, batch):
-    x, target = batch
-    return (1 - (F.normalize(model(x), dim=1) * target).sum(dim=1)).mean()
-
-
-def _batches(n: int = 2, seed: int = 1):
-    generator = torch.Generator().manual_seed(seed)
-    return [
-        (
-            torch.randn(6, 3, 112, 112, generator=generator),
-            F.normalize(torch.randn(6, 128, generator=generator), dim=1),
-        )
-        for _ in range(n)
-    ]
-
-
 @pytest.mark.parametrize("form", ["activation", "weight", "weight_sum_sq"])
 def test_taylor_scores_are_per_filter_and_normalised(form) -> None:
     model = _randomised()
     importance = TaylorImportance(form)
-    importance.accumulate(model, _loss_fn, _batches())
+    importance.accumulate(model, cosine_loss, random_batches())
     scores = importance.scores(model)
     assert set(scores) == set(prunable_layers(model))
     for name, score in scores.items():
@@ -158,7 +142,7 @@ def test_taylor_gives_a_dead_filter_zero() -> None:
     bn.bias.data[3] = -1  # always negative before ReLU: the map is zero everywhere
     for form in ("activation", "weight"):
         importance = TaylorImportance(form)
-        importance.accumulate(model, _loss_fn, _batches())
+        importance.accumulate(model, cosine_loss, random_batches())
         score = importance.scores(model)["fire4.expand1"]
         assert score[3] == pytest.approx(0.0, abs=1e-8)
         assert score.max() > 0
@@ -167,9 +151,9 @@ def test_taylor_gives_a_dead_filter_zero() -> None:
 def test_taylor_ranks_by_first_order_loss_change() -> None:
     """Removing the filters Taylor ranks lowest hurts the loss less than removing the highest ranked."""
     model = _randomised()
-    batches = _batches(3)
+    batches = random_batches(3)
     importance = TaylorImportance("weight")
-    importance.accumulate(model, _loss_fn, batches)
+    importance.accumulate(model, cosine_loss, batches)
     score = importance.scores(model)["head"]
     order = torch.argsort(score)
     model.eval()
@@ -177,10 +161,10 @@ def test_taylor_ranks_by_first_order_loss_change() -> None:
     def loss_without(indices) -> float:
         pruned = remove_filters(copy.deepcopy(model), {"head": indices.tolist()})
         with torch.no_grad():
-            return sum(_loss_fn(pruned, b).item() for b in batches)
+            return sum(cosine_loss(pruned, b).item() for b in batches)
 
     with torch.no_grad():
-        base = sum(_loss_fn(model, b).item() for b in batches)
+        base = sum(cosine_loss(model, b).item() for b in batches)
     assert abs(loss_without(order[:8]) - base) < abs(loss_without(order[-8:]) - base)
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
 
 from pruning.checkpoint import load_checkpoint, save_checkpoint
@@ -28,6 +27,7 @@ from pruning.models import (
     saved_architecture,
 )
 from pruning.surgery import filter_counts, prunable_units, remove_filters
+from tests.pruning_support import cosine_loss, random_batches
 
 MOBILENET = MobileNetV2FaceConfig(
     stem=8,
@@ -199,22 +199,6 @@ def test_mobilenet_units_couple_depthwise_and_streams() -> None:
     assert len(resnet) == 1 + 2 * 16 + 4
 
 
-def _loss_fn(model, batch):
-    x, target = batch
-    return (1 - (F.normalize(model(x), dim=1) * target).sum(dim=1)).mean()
-
-
-def _batches(n: int = 2, seed: int = 1):
-    generator = torch.Generator().manual_seed(seed)
-    return [
-        (
-            torch.randn(4, 3, 112, 112, generator=generator),
-            F.normalize(torch.randn(4, 128, generator=generator), dim=1),
-        )
-        for _ in range(n)
-    ]
-
-
 @pytest.mark.parametrize("family", list(CONFIGS))
 @pytest.mark.parametrize("form", ["activation", "weight"])
 def test_taylor_scores_every_unit_and_gives_a_dead_stream_channel_zero(family: str, form: str) -> None:
@@ -224,7 +208,7 @@ def test_taylor_scores_every_unit_and_gives_a_dead_stream_channel_zero(family: s
         block[1].weight.data[2] = 0
         block[1].bias.data[2] = 0
     importance = TaylorImportance(form)
-    importance.accumulate(model, _loss_fn, _batches())
+    importance.accumulate(model, cosine_loss, random_batches(size=4))
     scores = importance.scores(model)
     counts = filter_counts(model)
     assert set(scores) == set(counts)
