@@ -74,7 +74,7 @@ def measure(
     with measured(checkpoint, benchmark, store=store) as m:
         from pruning.models import count_flops, count_params
 
-        record = m.payload.get("record") or {}
+        record = m.checkpoint.record or {}
         timed = {k: earlier[k] for k in ("latency_b1_ms", "latency_b32_ms") if k in earlier}
         if len(timed) < 2:
             timed = {

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from faces.tensor import crops_to_tensor
 from model_store import InputSpec, Manifest, ModelStore, OutputSpec, PreprocessSpec, Provenance
-from pruning.models import MODEL_CARD, FaceEmbedder, architecture_record, count_flops, count_params
+from pruning.models import INPUT_CARD, FaceEmbedder, architecture_record, count_flops, count_params
 
 OPSET = 18
 
@@ -40,7 +40,7 @@ class EmbeddingGraph(torch.nn.Module):
 
 def export_onnx(model: FaceEmbedder, path: Path, *, flip_fusion: bool = False) -> None:
     model = model.eval()
-    example = torch.zeros(2, 3, *MODEL_CARD["input_size"])  # type: ignore[misc]
+    example = torch.zeros(2, 3, *INPUT_CARD.input_size)
     torch.onnx.export(
         EmbeddingGraph(model, flip_fusion).eval(),  # the wrapper too, or the exporter warns of training mode
         (example,),
@@ -58,7 +58,7 @@ def export_onnx(model: FaceEmbedder, path: Path, *, flip_fusion: bool = False) -
 
 def parity(model: FaceEmbedder, path: Path, crops: np.ndarray, *, flip_fusion: bool = False) -> float:
     """Smallest cosine between torch and ONNX Runtime embeddings of the same real crops."""
-    x = crops_to_tensor(crops, MODEL_CARD["mean"], MODEL_CARD["std"])  # type: ignore[arg-type]
+    x = crops_to_tensor(crops, INPUT_CARD.mean, INPUT_CARD.std)
     with torch.no_grad():
         expected = EmbeddingGraph(model.eval(), flip_fusion)(torch.from_numpy(x)).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -84,7 +84,7 @@ def publish_prepared(
 ) -> Manifest:
     """Publish an already exported and checked ONNX file with a filled manifest.
 
-    ``weights_path``: the PyTorch weights (pruning.checkpoint.weights_payload) published beside the ONNX as
+    ``weights_path``: the PyTorch weights (pruning.checkpoint.Checkpoint.slim) published beside the ONNX as
     the ``weights`` artifact, so the variant can be fine-tuned or pruned again on a machine without the run.
     """
     manifest = Manifest(
@@ -95,10 +95,10 @@ def publish_prepared(
         artifacts={},
         parent=parent,
         input=InputSpec(
-            size=MODEL_CARD["input_size"],  # type: ignore[arg-type]
-            mean=MODEL_CARD["mean"],  # type: ignore[arg-type]
-            std=MODEL_CARD["std"],  # type: ignore[arg-type]
-            alignment_template=str(MODEL_CARD["alignment_template"]),
+            size=INPUT_CARD.input_size,
+            mean=INPUT_CARD.mean,
+            std=INPUT_CARD.std,
+            alignment_template=INPUT_CARD.alignment_template,
         ),
         output=OutputSpec(embedding_dim=model.config.embedding_dim, normalised=True),
         params=count_params(model),

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from pruning.checkpoint import load_checkpoint, save_checkpoint
+from pruning.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from pruning.importance import create_importance, lowest_filters
 from pruning.models import FaceEmbedder, count_flops, count_params
 from pruning.surgery import filter_counts, remove_filters
-from pruning.train import DistillationData, distillation_loss, teacher_of, validate
+from pruning.train import DistillationData, distillation_loss, validate
 
 
 @dataclass
@@ -85,14 +85,14 @@ def prune(config: PruneConfig, progress: bool = True) -> dict[str, object]:
 
     torch.set_num_threads(config.threads)
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    dense, dense_payload = load_checkpoint(config.checkpoint)
-    target_mean = dense_payload.get("meta", {}).get("target_mean")
+    dense, dense_checkpoint = load_checkpoint(config.checkpoint)
+    target_mean = dense_checkpoint.meta.target_mean
     data = DistillationData.load(
         config.crops_root,
         config.sources,
         config.val_fraction,
         target_mean,
-        teacher=teacher_of(dense_payload),
+        teacher=dense_checkpoint.meta.teacher,
     )
     original = filter_counts(dense)
     total = sum(v for k, v in original.items() if k not in config.ignored_layers)
@@ -104,7 +104,9 @@ def prune(config: PruneConfig, progress: bool = True) -> dict[str, object]:
     state_path = config.run_dir / "state.pt"
     if state_path.exists():
         model, state = load_checkpoint(state_path)
-        iteration, history = int(state["iteration"]), list(state["history"])
+        if state.iteration is None or state.history is None:
+            raise ValueError(f"{state_path} holds no pruning schedule state to resume from")
+        iteration, history = state.iteration, list(state.history)
     else:
         model, iteration = copy.deepcopy(dense), 0
         history = [_describe(model, original, 0, {}, 0)]
@@ -212,9 +214,9 @@ def _snapshot_levels(
             val=metrics,
             record=record,
             dense={k: history[0][k] for k in SIZE_KEYS},
-            meta={
-                "target_mean": data.target_mean.tolist(),
-                "prune_config": config.to_json(),
-                "config": {"teacher": data.teacher},
-            },
+            meta=CheckpointMeta(
+                config={"teacher": data.teacher},
+                target_mean=data.target_mean.tolist(),
+                prune_config=config.to_json(),
+            ),
         )

@@ -24,13 +24,12 @@ from model_store import Manifest, ModelStore, Provenance
 from model_store.manifest import DataSource
 from model_store.store import sha256_file
 from pruning.calibrate import calibrate
-from pruning.checkpoint import load_checkpoint, save_weights
+from pruning.checkpoint import Checkpoint, load_checkpoint, save_weights
 from pruning.data.faceset import load_validation
 from pruning.export import export_onnx, parity, publish_prepared
-from pruning.models import MODEL_CARD, FaceEmbedder
+from pruning.models import INPUT_CARD, FaceEmbedder
 from pruning.sface import SFACE, SFACE_NAME
 from pruning.teacher import TEACHER_NAME
-from pruning.train import teacher_of
 
 LFW_KEYS = (
     "accuracy_mean",
@@ -52,7 +51,7 @@ def onnx_embed_fn(path: Path, threads: int = 2):
     def embed(crops: np.ndarray) -> np.ndarray:
         outs = []
         for start in range(0, len(crops), 256):
-            x = crops_to_tensor(crops[start : start + 256], MODEL_CARD["mean"], MODEL_CARD["std"])  # type: ignore[arg-type]
+            x = crops_to_tensor(crops[start : start + 256], INPUT_CARD.mean, INPUT_CARD.std)
             outs.append(session.run(None, {"input": x})[0])
         return np.concatenate(outs)
 
@@ -81,35 +80,35 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def pruning_section(payload: dict) -> dict[str, object] | None:
+def pruning_section(checkpoint: Checkpoint) -> dict[str, object] | None:
     """The manifest's ``pruning`` record of a ``faceverify prune`` level checkpoint (None for a dense one).
 
     Filters removed per layer and the parameter reduction are taken against the dense model the run
     started from: recorded in the snapshot, or (older snapshots) read from the run's dense checkpoint.
     """
-    record = payload.get("record")
+    record = checkpoint.record
     if record is None:
         return None
-    config = payload.get("meta", {}).get("prune_config") or {}
-    dense = payload.get("dense")
+    config = checkpoint.meta.prune_config or {}
+    dense = checkpoint.dense
     if dense is None and config.get("checkpoint") and Path(config["checkpoint"]).exists():
         from pruning.prune import size_record
 
         dense = size_record(load_checkpoint(Path(config["checkpoint"]))[0])
     section: dict[str, object] = {
-        "criterion": payload.get("criterion"),
-        "pruning_ratio": payload.get("level"),
+        "criterion": checkpoint.criterion,
+        "pruning_ratio": checkpoint.level,
         "iterative_steps": config.get("iterative_steps"),
         "removed_share": record["removed_share"],
         "iteration": record["iteration"],
         "filters": record["filters"],
         "config": config or None,
     }
-    train_config = payload.get("meta", {}).get("config") or {}
+    train_config = checkpoint.meta.config
     if train_config.get("init"):  # a level trained further with `faceverify train --init`
         section["finetuned_after_pruning"] = {
             "init": train_config["init"],
-            "steps": payload.get("step"),
+            "steps": checkpoint.step,
             "lr": train_config.get("lr"),
         }
     if dense is not None:
@@ -144,7 +143,7 @@ class Measurement:
     """A checkpoint exported to ONNX and measured on those bytes."""
 
     model: FaceEmbedder
-    payload: dict
+    checkpoint: Checkpoint
     onnx_path: Path
     lfw: dict[str, object]
     validation: dict[str, object]
@@ -162,8 +161,7 @@ def measured(
     flip_fusion: bool = False,
 ) -> Iterator[Measurement]:
     """Export ``checkpoint`` to a temporary ONNX file, check parity, measure LFW and the validation split."""
-    model, payload = load_checkpoint(checkpoint)
-    meta = payload.get("meta", {})
+    model, loaded = load_checkpoint(checkpoint)
     val = load_validation(benchmark.crops_root, fraction=benchmark.val_fraction)  # only the held-out crops
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
@@ -176,15 +174,15 @@ def measured(
         lfw = evaluate(
             read_pairs(benchmark.lfw_pairs),
             benchmark.lfw_root,
-            crop_embedder(embed, str(MODEL_CARD["alignment_template"])),
+            crop_embedder(embed, INPUT_CARD.alignment_template),
             store=store,
             cache_dir=benchmark.cache_dir,
             spec=benchmark_spec(benchmark.lfw_pairs),
         )
-        train_counts = meta.get("data", {}).get("train") or {}
+        train_counts = (loaded.meta.data or {}).get("train") or {}
         weights_path = Path(tmp) / "weights.pt"
-        save_weights(weights_path, payload)
-        yield Measurement(model, payload, path, lfw, validation, cosine, train_counts, weights_path)
+        save_weights(weights_path, loaded)
+        yield Measurement(model, loaded, path, lfw, validation, cosine, train_counts, weights_path)
 
 
 def publish_checkpoint(
@@ -202,13 +200,12 @@ def publish_checkpoint(
 ) -> Manifest:
     """``description=None``: describe a pruned level from its own pruning record."""
     with measured(checkpoint, benchmark, store=store, flip_fusion=flip_fusion) as m:
-        meta = m.payload.get("meta", {})
-        pruning = pruning_section(m.payload)
+        pruning = pruning_section(m.checkpoint)
         if pruning is not None and pruning_extra:
             pruning |= pruning_extra
         if description is None:
             description = _pruned_description(parent, pruning)
-        config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+        config = m.checkpoint.meta.config
         manifest = publish_prepared(
             store,
             m.model,
@@ -224,7 +221,7 @@ def publish_checkpoint(
             thresholds=m.validation["thresholds"],  # type: ignore[arg-type]
             provenance=Provenance(
                 data_sources=[DataSource(name=k, images=int(v)) for k, v in sorted(m.train_counts.items())],
-                teacher=teacher_provenance(teacher_of(m.payload)),
+                teacher=teacher_provenance(m.checkpoint.meta.teacher),
                 seed=int(config.get("seed", 0)) if config else None,
                 code_commit=git_commit(),
                 command=command,

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from faces.tensor import crops_to_tensor
-from pruning.models import MODEL_CARD, SqueezeFaceNet, create_model
+from pruning.models import INPUT_CARD, SqueezeFaceNet, create_model
 
 _EXPORT_PREFIX = "model."  # the export wraps the network (pruning.export.EmbeddingGraph)
 
@@ -72,7 +72,7 @@ def model_from_onnx(onnx_bytes: bytes, config: dict[str, object] | None, crops: 
     model.eval()
     with torch.no_grad():
         for start in range(0, len(crops), 64):
-            x = crops_to_tensor(crops[start : start + 64], MODEL_CARD["mean"], MODEL_CARD["std"])  # type: ignore[arg-type]
+            x = crops_to_tensor(crops[start : start + 64], INPUT_CARD.mean, INPUT_CARD.std)
             model(torch.from_numpy(x))
     for hook in hooks:
         hook.remove()

@@ -45,7 +45,7 @@ def remove_filters(model: FaceEmbedder, plan: Mapping[str, Sequence[int]]) -> Fa
     units = prunable_units(model)
     was_training = model.training
     model.eval()
-    example = torch.zeros(1, 3, *INPUT_CARD["input_size"])  # type: ignore[misc]
+    example = torch.zeros(1, 3, *INPUT_CARD.input_size)
     # No ignored_layers: ignoring the embedding would also stop its *input* features from following the
     # head's removed filters. Its 128 outputs are safe because groups are only ever rooted at conv outputs.
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)

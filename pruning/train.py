@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from faces.tensor import crops_to_tensor
 from pruning.augment import augment, flip_mask
 from pruning.calibrate import calibrate
-from pruning.checkpoint import load_checkpoint, save_checkpoint, torch_embed_fn
+from pruning.checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint, torch_embed_fn
 from pruning.data.faceset import FaceSet, load_faceset, validation_mask
-from pruning.models import MODEL_CARD, SqueezeFaceNet, count_params, create_model, with_pooling
+from pruning.models import INPUT_CARD, SqueezeFaceNet, count_params, create_model, with_pooling
 
 
 @dataclass
@@ -75,7 +75,6 @@ class TrainConfig:
 
 # What a ``faceverify prune`` level checkpoint says about its pruning (see pruning/prune.py), besides its
 # meta["prune_config"].
-PRUNING_KEYS = ("criterion", "level", "record", "dense")
 
 
 def distillation_loss(
@@ -98,12 +97,6 @@ def distillation_loss(
     return loss, parts
 
 
-def teacher_of(payload: dict) -> str:
-    """The teacher a checkpoint was distilled from (checkpoints from before SFace: dlib)."""
-    config = payload.get("meta", {}).get("config") or {}
-    return str(config.get("teacher", "dlib"))
-
-
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
@@ -112,7 +105,7 @@ def lr_at(step: int, total: int, config: TrainConfig) -> float:
 
 
 def batch_tensor(crops: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(crops_to_tensor(crops, MODEL_CARD["mean"], MODEL_CARD["std"]))  # type: ignore[arg-type]
+    return torch.from_numpy(crops_to_tensor(crops, INPUT_CARD.mean, INPUT_CARD.std))
 
 
 @dataclass
@@ -224,9 +217,9 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     train_set, val_set = data.train, data.val
 
     # --init brings its own widths (a pruned network trains on as it is); config.arch is for fresh models.
-    init_payload: dict = {}
+    init: Checkpoint | None = None
     if config.init is not None:
-        model, init_payload = load_checkpoint(config.init)
+        model, init = load_checkpoint(config.init)
     else:
         model = create_model(config.arch or None)
     if config.pooling is not None:
@@ -237,7 +230,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         fit = refit_embedding(model, train_set.crops[sample], data.targets[sample])
         (config.run_dir / "refit_head.json").write_text(json.dumps(fit, indent=2) + "\n")
     # A pruned level keeps its pruning record through further training (publish reads it).
-    lineage = {k: init_payload[k] for k in PRUNING_KEYS if k in init_payload}
+    lineage = init.lineage if init is not None else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = data.steps_per_epoch(config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -251,20 +244,21 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         model, state = load_checkpoint(last_path)
         model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        optimizer.load_state_dict(state["optimizer"])
-        step, best = int(state["step"]), float(state["best"])
-    meta = {
-        "config": config.to_json(),
-        "data": {"train": train_set.counts(), "val": val_set.counts()},
-        "val_identities": len(set(val_set.identity)),
-        "params": count_params(model),
-        "target_mean": data.target_mean.tolist(),
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
-    }
-    if "prune_config" in init_payload.get("meta", {}):
-        meta["prune_config"] = init_payload["meta"]["prune_config"]
-    (config.run_dir / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if state.optimizer is None or state.step is None or state.best is None:
+            raise ValueError(f"{last_path} holds no training state to resume from")
+        optimizer.load_state_dict(state.optimizer)
+        step, best = state.step, state.best
+    meta = CheckpointMeta(
+        config=config.to_json(),
+        data={"train": train_set.counts(), "val": val_set.counts()},
+        val_identities=len(set(val_set.identity)),
+        params=count_params(model),
+        target_mean=data.target_mean.tolist(),
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        prune_config=init.meta.prune_config if init is not None else None,
+    )
+    (config.run_dir / "run.json").write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
 
     stop = {"now": False}
 

@@ -86,12 +86,12 @@ def study(crops_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
 def test_a_fresh_mobilenet_trains_and_each_family_prunes_with_recorded_widths(study: dict[str, Path]) -> None:
     model, payload = load_checkpoint(study["dense:mobilenetv2"])
-    assert payload["arch"]["family"] == "mobilenetv2" and model.config == MOBILENET
+    assert payload.arch["family"] == "mobilenetv2" and model.config == MOBILENET
     for key in ("squeezefacenet:taylor", "mobilenetv2:taylor", "mobilenetv2:l1", "resnet50:taylor"):
         history = json.loads((study[key] / "history.json").read_text())
         level, level_payload = load_checkpoint(study[key] / "level-20.pt")
         assert level.family == key.split(":")[0]
-        assert filter_counts(level) == level_payload["record"]["filters"] == history["history"][-1]["filters"]
+        assert filter_counts(level) == level_payload.record["filters"] == history["history"][-1]["filters"]
         assert set(history["original_filters"]) == set(history["history"][0]["filters"])
         assert history["history"][-1]["removed_share"] >= 0.2
     rounded = load_checkpoint(study["mobilenetv2:taylor"] / "level-20.pt")[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -11,8 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from model_store import ModelStore, Provenance
-from pruning.checkpoint import load_checkpoint, save_checkpoint, torch_embed_fn
+from model_store import DEFAULT_ROOT, ModelStore, Provenance
+from pruning.checkpoint import (
+    Checkpoint,
+    CheckpointFormatError,
+    CheckpointMeta,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    save_weights,
+    torch_embed_fn,
+)
 from pruning.data.faceset import load_faceset, validation_mask
 from pruning.data.paths import data_root
 from pruning.data.prep import PrepConfig, implausible_landmarks, iter_records, load_labels, prepare
@@ -179,8 +189,51 @@ def test_checkpoint_round_trip_keeps_architecture(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "m.pt", model, step=7)
     loaded, payload = load_checkpoint(tmp_path / "m.pt")
     x = torch.randn(2, 3, 112, 112)
-    assert payload["step"] == 7
+    assert payload.step == 7
     assert torch.allclose(model(x), loaded(x))
+
+
+def test_checkpoint_records_refuse_unknown_keys_and_publish_slim_weights(tmp_path: Path) -> None:
+    model = create_model(SqueezeFaceNetConfig(stem=40, fires=[(8, 20, 30)] * 8, head=100)).eval()
+    with pytest.raises(CheckpointFormatError, match="steps"):
+        save_checkpoint(tmp_path / "typo.pt", model, steps=7)  # a misspelt field is refused, not stored
+    assert not (tmp_path / "typo.pt").exists()
+    torch.save({"arch": {}, "state_dict": {}, "meta": {"teacher": "sface"}}, tmp_path / "meta.pt")
+    with pytest.raises(CheckpointFormatError, match="teacher"):
+        read_checkpoint(tmp_path / "meta.pt")  # meta's keys are checked too
+    written = save_checkpoint(
+        tmp_path / "level.pt",
+        model,
+        step=3,
+        best=0.5,
+        optimizer={"state": {}},
+        criterion="l1",
+        level=0.2,
+        record={"iteration": 1},
+        meta=CheckpointMeta(config={"teacher": "sface", "lr": 1e-3}, target_mean=[0.0] * 128, params=9),
+    )
+    assert read_checkpoint(tmp_path / "level.pt").to_payload().keys() == written.to_payload().keys()
+    save_weights(tmp_path / "weights.pt", written)
+    slim = read_checkpoint(tmp_path / "weights.pt")
+    assert (slim.step, slim.optimizer, slim.meta.params) == (None, None, None)  # no resume state published
+    assert (slim.criterion, slim.level, slim.record) == ("l1", 0.2, {"iteration": 1})  # lineage kept
+    assert slim.meta.teacher == "sface" and slim.meta.target_mean == [0.0] * 128
+    old = read_checkpoint(tmp_path / "weights.pt")
+    old.meta.config = {}
+    assert old.meta.teacher == "dlib"  # checkpoints from before SFace name no teacher
+
+
+def test_every_published_weights_file_reads_as_a_checkpoint() -> None:
+    store = ModelStore(DEFAULT_ROOT)
+    found = 0
+    for ref in store.refs():
+        manifest = store.manifest(ref)
+        if "weights" in manifest.artifacts:
+            _, data = store.load(manifest.ref, role="weights")
+            checkpoint = Checkpoint.from_payload(torch.load(io.BytesIO(data), weights_only=False))
+            assert create_model(checkpoint.arch).load_state_dict(checkpoint.state_dict)
+            found += 1
+    assert found >= 1  # squeezefacenet@4 at least
 
 
 def tiny_run(run_dir: Path, crops_root: Path) -> TrainConfig:
@@ -367,9 +420,9 @@ def test_pruning_schedule_snapshots_levels_and_resumes(
     )
     for iteration, level in ((1, "level-10.pt"), (2, "level-20.pt")):
         model, payload = load_checkpoint(tmp_path / "prune" / level)
-        assert payload["criterion"] == "taylor" and "eer" in payload["val"]
-        assert payload["record"] == history[iteration]  # taken where the level was first reached
-        assert filter_counts(model) == payload["record"]["filters"]
+        assert payload.criterion == "taylor" and "eer" in payload.val
+        assert payload.record == history[iteration]  # taken where the level was first reached
+        assert filter_counts(model) == payload.record["filters"]
     stamp = (tmp_path / "prune" / "level-20.pt").stat().st_mtime_ns
     again = prune(config, progress=False)  # finished: resuming does nothing
     assert again["history"] == history
@@ -380,7 +433,7 @@ def test_pruning_schedule_snapshots_levels_and_resumes(
     (tmp_path / "prune" / "level-20.pt").unlink()
     prune(config, progress=False)
     _, payload = load_checkpoint(tmp_path / "prune" / "level-20.pt")
-    assert payload["record"] == history[-1]
+    assert payload.record == history[-1]
     (tmp_path / "prune" / "level-10.pt").unlink()
     with pytest.raises(RuntimeError, match=r"level-10\.pt is missing"):
         prune(config, progress=False)
@@ -458,8 +511,8 @@ def test_published_weights_round_trip_and_prune_from_a_variant(
     rebuilt, payload = load_checkpoint(materialise("tinyface@1", tmp_path / "m", store_root=store.root))
     original, _ = load_checkpoint(dense_run / "best.pt")
     x = torch.randn(2, 3, 112, 112)
-    assert torch.allclose(rebuilt(x), original(x)) and "optimizer" not in payload
-    assert payload["meta"]["config"]["teacher"] == "sface" and len(payload["meta"]["target_mean"]) == 128
+    assert torch.allclose(rebuilt(x), original(x)) and payload.optimizer is None
+    assert payload.meta.teacher == "sface" and len(payload.meta.target_mean) == 128
 
     data = tmp_path / "data"
     data.mkdir()
@@ -471,7 +524,7 @@ def test_published_weights_round_trip_and_prune_from_a_variant(
     assert main([*args, "--batch-size", "8", "--threads", "1", "--val-fraction", "0.5"]) == 0
     level, level_payload = load_checkpoint(run / "level-20.pt")
     assert count_params(level) < count_params(original)
-    assert level_payload["meta"]["config"]["teacher"] == "sface"  # pruned against the dense model's teacher
+    assert level_payload.meta.teacher == "sface"  # pruned against the dense model's teacher
 
 
 def test_weights_are_rebuilt_from_a_variant_published_without_them(crops_root: Path, tmp_path: Path) -> None:
@@ -482,7 +535,7 @@ def test_weights_are_rebuilt_from_a_variant_published_without_them(crops_root: P
 
     path = materialise("squeezefacenet@2", tmp_path, crops_root=crops_root)
     model, payload = load_checkpoint(path)
-    assert payload["meta"]["config"]["teacher"] == "dlib"
+    assert payload.meta.teacher == "dlib"
     crops = load_faceset(crops_root, teacher=None).crops
     expected = Embedder.from_store(ModelStore(), "squeezefacenet@2").embed(crops)
     assert (torch_embed_fn(model)(crops) * expected).sum(axis=1).min() > 0.9999

@@ -142,7 +142,7 @@ def test_pruned_model_reloads_from_its_checkpoint(family: str, tmp_path: Path) -
     remove_filters(model, PLANS[family]["everywhere"])
     save_checkpoint(tmp_path / "pruned.pt", model)
     loaded, payload = load_checkpoint(tmp_path / "pruned.pt")
-    assert payload["arch"]["family"] == family and type(loaded) is type(model)
+    assert payload.arch["family"] == family and type(loaded) is type(model)
     assert loaded.config == model.config
     x = torch.randn(2, 3, 112, 112)
     with torch.no_grad():

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pruning.models.base import INPUT_CARD, FaceEmbedder
+from pruning.models.base import INPUT_CARD, FaceEmbedder, InputCard, ModelCard
 from pruning.models.mobilenetv2 import MobileNetV2Face, MobileNetV2FaceConfig
 from pruning.models.resnet50 import ResNet50Face, ResNet50FaceConfig
 from pruning.models.squeezefacenet import (
@@ -88,8 +88,10 @@ __all__ = [
     "MODEL_CARD",
     "FaceEmbedder",
     "Family",
+    "InputCard",
     "MobileNetV2Face",
     "MobileNetV2FaceConfig",
+    "ModelCard",
     "ResNet50Face",
     "ResNet50FaceConfig",
     "SqueezeFaceNet",

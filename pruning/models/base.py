@@ -12,18 +12,35 @@ is a ``Sequential(conv, bn[, activation])`` whose output is the filter's feature
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from torch import nn
 
+
+@dataclass(frozen=True)
+class InputCard:
+    """What a network takes and gives: the preprocessing that travels with it into every manifest."""
+
+    input_size: tuple[int, int] = (112, 112)
+    mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
+    alignment_template: str = "arcface_112"
+    embedding_dim: int = 128
+
+
 # Identical for every family (the serving stack keeps one preprocessing path).
-INPUT_CARD: dict[str, object] = {
-    "input_size": (112, 112),
-    "mean": (127.5, 127.5, 127.5),
-    "std": (128.0, 128.0, 128.0),
-    "alignment_template": "arcface_112",
-    "embedding_dim": 128,
-}
+INPUT_CARD = InputCard()
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A family's metadata, timm style: the paper it follows, how it departs from it, and its input card."""
+
+    family: str
+    paper: str
+    deviation: str
+    input: InputCard = field(default=INPUT_CARD)
 
 
 class FaceEmbedder(nn.Module):

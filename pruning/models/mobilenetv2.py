@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from pruning.models.base import INPUT_CARD, FaceEmbedder, conv_bn, init_weights
+from pruning.models.base import FaceEmbedder, ModelCard, conv_bn, init_weights
 
 FAMILY = "mobilenetv2"
 PAPER = "https://arxiv.org/abs/1801.04381"
@@ -35,7 +35,7 @@ DEVIATION = (
     "head: last 1x1 conv (1280) -> global average pooling -> linear 1280->128 -> batch norm instead of the "
     "1000-way classifier (2.39M parameters; the paper's 3.5M includes the ImageNet classifier's 1.28M)"
 )
-MODEL_CARD = INPUT_CARD | {"family": FAMILY, "paper": PAPER, "deviation": DEVIATION}
+MODEL_CARD = ModelCard(FAMILY, PAPER, DEVIATION)
 
 # (expansion t, output channels c, repeats n, first stride s): Sandler et al., table 2
 IMAGENET_SETTINGS: tuple[tuple[int, int, int, int], ...] = (

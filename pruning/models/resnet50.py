@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from pruning.models.base import INPUT_CARD, FaceEmbedder, conv_bn, init_weights
+from pruning.models.base import FaceEmbedder, ModelCard, conv_bn, init_weights
 
 FAMILY = "resnet50"
 PAPER = "https://arxiv.org/abs/1512.03385"
@@ -35,7 +35,7 @@ DEVIATION = (
     "map); head: global average pooling of the last stage's 2048 channels -> linear 2048->128 -> batch norm "
     "instead of the 1000-way classifier (23.77M parameters; the trunk is the paper's 23.5M)"
 )
-MODEL_CARD = INPUT_CARD | {"family": FAMILY, "paper": PAPER, "deviation": DEVIATION}
+MODEL_CARD = ModelCard(FAMILY, PAPER, DEVIATION)
 
 # (bottlenecks, inner width, first stride) per stage: He et al., table 1 (50-layer)
 IMAGENET_STAGES: tuple[tuple[int, int, int], ...] = ((3, 64, 1), (4, 128, 2), (6, 256, 2), (3, 512, 2))

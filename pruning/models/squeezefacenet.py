@@ -29,17 +29,17 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from pruning.models.base import INPUT_CARD, FaceEmbedder, conv_bn, init_weights
+from pruning.models.base import FaceEmbedder, ModelCard, conv_bn, init_weights
 
-MODEL_CARD = INPUT_CARD | {
-    "family": "squeezefacenet",
-    "paper": "https://arxiv.org/abs/2307.10377",
-    "deviation": (
+MODEL_CARD = ModelCard(
+    family="squeezefacenet",
+    paper="https://arxiv.org/abs/2307.10377",
+    deviation=(
         "112x112 input (ArcFace template) with a stride-2 3x3 stem and SqueezeNet 1.1 pooling, "
         "instead of the papers' 113x113 input with a stride-1 first convolution: about a quarter "
         "of the FLOPs, for CPU serving and CPU training"
     ),
-}
+)
 
 
 def architecture_record(model: FaceEmbedder) -> dict[str, object]:
@@ -102,9 +102,9 @@ class Fire(nn.Module):
 
 
 class SqueezeFaceNet(FaceEmbedder):
-    family = str(MODEL_CARD["family"])
-    paper = str(MODEL_CARD["paper"])
-    deviation = str(MODEL_CARD["deviation"])
+    family = MODEL_CARD.family
+    paper = MODEL_CARD.paper
+    deviation = MODEL_CARD.deviation
 
     def __init__(self, config: SqueezeFaceNetConfig | None = None) -> None:
         super().__init__()
