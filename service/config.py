@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     # Requests (probes and /metrics excepted) handled at once per process; the next one gets
     # 503 overloaded with Retry-After instead of waiting behind all of them.
     max_in_flight: int = Field(default=8, ge=1)
+    # Seconds an admitted request's images may wait for the pool (from when its upload has been read); a
+    # request that would wait longer gets 503 overloaded with Retry-After instead of a late answer. This,
+    # not max_in_flight, keeps the accepted requests' latency bounded under overload. None: no limit.
+    queue_timeout_seconds: float | None = Field(default=0.5, gt=0)
     retry_after_seconds: int = Field(default=1, ge=0)
     # Request line plus headers of one request; more bytes or more header fields get 431, before the
     # request reaches the application.

@@ -28,6 +28,7 @@ __all__ = [
     "MultipleFaces",
     "NoFaceDetected",
     "NotReady",
+    "Overloaded",
     "TooManyTemplates",
     "Unauthorized",
     "UnknownVariant",
@@ -54,3 +55,9 @@ class TooManyTemplates(DomainError):
     """An enrolment would take a user past ``max_templates_per_user`` templates of a variant."""
 
     code = "too_many_templates"
+
+
+class Overloaded(DomainError):
+    """A request's images could not start within the queue timeout (503 with Retry-After)."""
+
+    code = "overloaded"

@@ -44,7 +44,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         resources = await run_in_threadpool(build_resources, settings)
         metrics.set_models(resources.variants.embedders.values(), resources.variants.default_ref)
         app.state.admission = ImageAdmission(
-            settings.image_pool_size(usable_cores()), settings.large_image_pixels
+            settings.image_pool_size(usable_cores()),
+            settings.large_image_pixels,
+            queue_timeout=settings.queue_timeout_seconds,
         )
         drain = Drain(settings.drain_delay_seconds)
         drain.install(asyncio.get_running_loop())

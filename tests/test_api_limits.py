@@ -11,8 +11,10 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import anyio
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -20,7 +22,8 @@ from PIL import Image
 
 from faces.decode import decode_image
 from model_store import ModelStore
-from service.api.admission import ImageAdmission
+from service.api.admission import ImageAdmission, QueueTicket
+from service.errors import Overloaded
 from service.main import create_app
 from tests.api_support import E2E, assert_problem, build_store, encode, make_settings
 
@@ -173,6 +176,57 @@ def test_admission_bounds_images_in_flight() -> None:
 
     asyncio.run(main())
     assert running["max_all"] == 2 and running["max_large"] == 1
+
+
+def test_admission_refuses_requests_that_cannot_start_before_their_deadline() -> None:
+    admission = ImageAdmission(pool_size=1, large_pixels=1000, queue_timeout=0.05)
+    release = threading.Event()
+
+    async def main() -> tuple[object, ...]:
+        holder = asyncio.create_task(admission.run(10, release.wait, 5))  # takes the only place
+        await asyncio.sleep(0.02)
+        started = time.perf_counter()
+        with pytest.raises(Overloaded):
+            await admission.run(10, lambda: "late", ticket=admission.ticket())
+        waited = time.perf_counter() - started
+        release.set()
+        await holder
+        # a deadline already passed refuses even a free place: the request is late whatever happens next
+        late = QueueTicket(anyio.current_time() - 1)
+        with pytest.raises(Overloaded):
+            await admission.run(10, lambda: "late", ticket=late)
+        # a request being served is not refused: its second image waits behind its first (0.2 s > timeout)
+        ticket = admission.ticket()
+        both = await asyncio.gather(
+            admission.run(10, lambda: time.sleep(0.2) or "first", ticket=ticket),
+            admission.run(10, lambda: "second", ticket=ticket),
+        )
+        unbounded = await ImageAdmission(1, 1000).run(10, lambda: "no timeout")
+        return waited, both, unbounded, admission.busy
+
+    waited, both, unbounded, busy = asyncio.run(main())
+    assert 0.04 <= waited < 1.0  # refused at its deadline, not after the holder finished
+    assert both == ["first", "second"] and unbounded == "no timeout" and busy == 0  # places given back
+
+
+def test_overloaded_verifies_get_503_with_retry_after_not_a_late_answer(
+    small_store: ModelStore, tmp_path: Path
+) -> None:
+    """Real detection of real photos through one image worker: requests that would wait longer than the
+    queue timeout are refused, the others answered, and nothing waits for a place once refused."""
+    settings = make_settings(
+        small_store.root, tmp_path / "g.db", image_workers=1, queue_timeout_seconds=0.02, max_in_flight=16
+    )
+    with TestClient(create_app(settings)) as test_client, ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: test_client.post("/v1/verify", files=photo_files()), range(6)))
+        statuses = sorted(a.status_code for a in answers)
+        assert 200 in statuses and 503 in statuses and set(statuses) <= {200, 503}, statuses
+        for refused in (a for a in answers if a.status_code == 503):
+            assert_problem(refused, 503, "overloaded")
+            assert refused.headers["retry-after"] == "1"
+        assert test_client.post("/v1/verify", files=photo_files()).status_code == 200  # alone: on time
+        metrics = test_client.get("/metrics").text
+        assert 'faceverify_errors_total{code="overloaded"}' in metrics
 
 
 # --- 5. request shape and the smaller defects ---------------------------------------------------------

@@ -110,7 +110,11 @@ async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse
     assert isinstance(exc, DomainError)
     code = exc.code if exc.code in STATUS else "invalid_request"
     _count(request, code)
-    headers = {"WWW-Authenticate": 'APIKey header="X-API-Key"'} if code == "unauthorized" else None
+    headers = None
+    if code == "unauthorized":
+        headers = {"WWW-Authenticate": 'APIKey header="X-API-Key"'}
+    elif code == "overloaded":
+        headers = {"Retry-After": str(request.app.state.settings.retry_after_seconds)}
     return problem_response(code, exc.message, field=exc.field, extensions=exc.extensions, headers=headers)
 
 

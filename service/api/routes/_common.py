@@ -50,6 +50,7 @@ async def embed_uploads(
             f"the limit is {max_request_pixels}."
         )
 
+    ticket = admission.ticket()  # the queue timeout runs from here: a slow upload does not count
     timings = [Timings(label) for _ in blobs]
     results: list[FaceResult | None] = [None] * len(blobs)
     errors: dict[int, DomainError] = {}
@@ -65,7 +66,7 @@ async def embed_uploads(
     async def one(index: int) -> None:
         nonlocal first_failed
         try:
-            results[index] = await admission.run(sizes[index], work, index)
+            results[index] = await admission.run(sizes[index], work, index, ticket=ticket)
         except DomainError as error:
             errors[index] = error
             first_failed = min(first_failed, index)
