@@ -73,10 +73,6 @@ class TrainConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
-# What a ``faceverify prune`` level checkpoint says about its pruning (see pruning/prune.py), besides its
-# meta["prune_config"].
-
-
 def distillation_loss(
     student: torch.Tensor,
     target: torch.Tensor,

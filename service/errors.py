@@ -58,6 +58,11 @@ class TooManyTemplates(DomainError):
 
 
 class Overloaded(DomainError):
-    """A request's images could not start within the queue timeout (503 with Retry-After)."""
+    """The process is at capacity: too many requests in flight, or a request's images could not start within
+    the queue timeout (503 with Retry-After)."""
 
     code = "overloaded"
+    DETAIL = "The server is at capacity; retry after the number of seconds in Retry-After."
+
+    def __init__(self, message: str = DETAIL) -> None:
+        super().__init__(message)

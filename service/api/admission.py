@@ -91,7 +91,7 @@ class ImageAdmission:
             if ticket is not None:
                 ticket.done_waiting(scope)
         if scope.cancelled_caught:
-            raise Overloaded("The server is at capacity; retry after the number of seconds in Retry-After.")
+            raise Overloaded()
         if ticket is not None:
             ticket.start()
         try:

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import problem_response
+from service.errors import Overloaded
 from service.metrics import NO_VARIANT, Metrics
 
 access_log = logging.getLogger("service.access")
@@ -134,7 +135,7 @@ class LoadShedMiddleware:
             self.metrics.errors.labels(code="overloaded").inc()
             response = problem_response(
                 "overloaded",
-                "The server is at capacity; retry after the number of seconds in Retry-After.",
+                Overloaded.DETAIL,
                 headers={"Retry-After": str(self.retry_after)},
             )
             await response(scope, receive, send)
