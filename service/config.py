@@ -61,7 +61,9 @@ class Settings(BaseSettings):
     # decoded: a few kilobytes of uniform PNG can declare 25 MP each, and each megapixel costs CPU time.
     max_request_pixels: int = Field(default=50_000_000, ge=1)
     # Images decoded and detected at once in one process (a bounded pool; the rest wait their turn).
-    # None: usable cores // intra_op_threads, at least 1 (gunicorn_conf sets it per worker).
+    # None: usable cores // intra_op_threads, at least 1, in every worker process alike: a verify's two
+    # photos run side by side while the machine has idle cores (2 gunicorn workers on 2 cores, measured:
+    # p50 27.5 → 20.3 ms at concurrency 1, 69 → 65 req/s at saturation, within noise).
     image_workers: int | None = Field(default=None, ge=1)
     # Images over this many pixels are processed one at a time per process: with image_workers at 2, peak
     # memory stays at about one full-size image plus one of this size (~8.5 bytes a pixel at the peak).

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -405,12 +406,13 @@ def test_dockerfile_runs_the_multi_worker_server() -> None:
     assert "PROMETHEUS_MULTIPROC_DIR=" in dockerfile
 
 
-def gunicorn_settings(**env: str) -> dict[str, str]:
+def gunicorn_settings(**env: str) -> dict[str, Any]:
     """What service.gunicorn_conf puts into the workers' environment (a subprocess: it sets os.environ)."""
     probe = (
-        "import json, os, service.gunicorn_conf as c; "
+        "import json, os, service.gunicorn_conf as c; from service.config import Settings; "
         "print(json.dumps({'threads': os.environ['FACEVERIFY_INTRA_OP_THREADS'], 'workers': c.workers, "
-        "'bind': c.bind, 'cores': c.usable_cores(), 'metrics': os.environ['PROMETHEUS_MULTIPROC_DIR']}))"
+        "'bind': c.bind, 'cores': c.usable_cores(), 'metrics': os.environ['PROMETHEUS_MULTIPROC_DIR'], "
+        "'image_pool': Settings().image_pool_size(c.usable_cores())}))"
     )
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("FACEVERIFY_", "PROMETHEUS_"))}
     result = subprocess.run(
@@ -437,4 +439,9 @@ def test_threads_per_worker_follow_the_worker_count() -> None:
     assert int(gunicorn_settings()["workers"]) == cores  # default: one worker per usable core
     explicit = gunicorn_settings(FACEVERIFY_WORKERS="2", FACEVERIFY_INTRA_OP_THREADS="3")
     assert explicit["threads"] == "3"  # set explicitly: kept
+    # A worker per core still runs a request's photos side by side (all cores' worth of images per worker):
+    # splitting the cores between the workers as well serialised every verify's two photos.
+    per_core = gunicorn_settings(FACEVERIFY_WORKERS=str(cores))
+    assert per_core["threads"] == "1" and per_core["image_pool"] == cores
+    assert gunicorn_settings(FACEVERIFY_WORKERS=str(cores), FACEVERIFY_IMAGE_WORKERS="1")["image_pool"] == 1
     assert explicit["metrics_is_dir"]  # no directory given: a fresh temporary one

@@ -199,7 +199,9 @@ def _vector(dim: int) -> sql.Composable:
     return sql.SQL("vector({})").format(sql.Literal(dim))
 
 
-def _create_index(variant_id: int, dim: int) -> sql.Composed:
+def _create_index(
+    variant_id: int, dim: int, m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION
+) -> sql.Composed:
     # A partial index per variant: a search touches only the graph of its own model, and variants of other
     # dimensions can share the table (the cast gives the indexed expression the fixed size HNSW needs).
     return sql.SQL(
@@ -208,8 +210,8 @@ def _create_index(variant_id: int, dim: int) -> sql.Composed:
     ).format(
         name=sql.Identifier(f"templates_hnsw_{variant_id}"),
         vector=_vector(dim),
-        m=sql.Literal(HNSW_M),
-        ef=sql.Literal(HNSW_EF_CONSTRUCTION),
+        m=sql.Literal(m),
+        ef=sql.Literal(ef_construction),
         variant=sql.Literal(variant_id),
     )
 
