@@ -177,6 +177,27 @@ def synthetic(work: Path, count: int, dim: int) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
+def exact_truth(faces: dict, noise: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Exact top-1 user of every probe among the planted faces and ``noise`` (numpy, float64), and whether
+    that best score passes the FMR 1e-3 threshold."""
+    probes = faces["probes"].astype(np.float64)
+    scores_real = probes @ faces["gallery"].astype(np.float64).T
+    best_real = scores_real.max(axis=1)
+    who_real = [str(faces["users"][i]) for i in scores_real.argmax(axis=1)]
+    best_noise = np.full(len(probes), -np.inf)
+    who_noise = np.zeros(len(probes), np.int64)
+    for start in range(0, noise.shape[0], 50_000):
+        block = probes @ np.asarray(noise[start : start + 50_000], np.float64).T
+        better = block.max(axis=1) > best_noise
+        who_noise[better] = start + block.argmax(axis=1)[better]
+        best_noise = np.maximum(best_noise, block.max(axis=1))
+    truth = [
+        w if r >= n else f"synthetic-{who_noise[i]:07d}"
+        for i, (w, r, n) in enumerate(zip(who_real, best_real, best_noise, strict=True))
+    ]
+    return truth, np.maximum(best_real, best_noise) >= float(faces["threshold"])
+
+
 # ---- filling the stores ----------------------------------------------------------------------------------
 def fill_sqlite(path: Path, key: VariantKey, ref: str, faces: dict, noise: np.ndarray) -> float:
     import sqlite3
@@ -207,13 +228,18 @@ def fill_sqlite(path: Path, key: VariantKey, ref: str, faces: dict, noise: np.nd
     return elapsed
 
 
-def fill_postgres(url: str, key: VariantKey, ref: str, noise: np.ndarray) -> dict:
+def fill_postgres(
+    url: str, key: VariantKey, ref: str, noise: np.ndarray, hnsw: tuple[int, int] | None = None
+) -> dict:
     """The synthetic templates by COPY, then the variant's HNSW index built once (faster than growing it row
-    by row); the index is the gallery's own definition. Returns the load and build times."""
+    by row); the index is the gallery's own definition, with ``hnsw`` = (m, ef_construction) in place of
+    the service's build parameters if given. Returns the load and build times."""
     import psycopg
     from pgvector.psycopg import register_vector
 
-    from service.gallery.postgres import _create_index
+    from service.gallery.postgres import HNSW_EF_CONSTRUCTION, HNSW_M, _create_index
+
+    m, ef_construction = hnsw or (HNSW_M, HNSW_EF_CONSTRUCTION)
 
     gallery = PostgresGallery(url)  # migrations, and the variant with its index, as the service makes them
     try:
@@ -237,7 +263,7 @@ def fill_postgres(url: str, key: VariantKey, ref: str, noise: np.ndarray) -> dic
         load = time.perf_counter() - start
         print(f"  loaded {noise.shape[0]} rows in {load:.0f} s; building the HNSW index", flush=True)
         start = time.perf_counter()
-        conn.execute(_create_index(variant_id, dim))
+        conn.execute(_create_index(variant_id, dim, m, ef_construction))
         build = time.perf_counter() - start
     return {"load_s": load, "index_build_s": build}
 
@@ -627,26 +653,7 @@ def main() -> None:
     try:
         for size in args.sizes:
             noise = synthetic(work, size, dim)
-            # exact ground truth (numpy, float64): top-1 user per probe among planted + synthetic
-            scores_real = faces["probes"].astype(np.float64) @ faces["gallery"].astype(np.float64).T
-            best_real = scores_real.max(axis=1)
-            who_real = [str(faces["users"][i]) for i in scores_real.argmax(axis=1)]
-            best_noise = np.full(len(faces["probes"]), -np.inf)
-            who_noise = np.zeros(len(faces["probes"]), np.int64)
-            for start in range(0, noise.shape[0], 50_000):
-                block = (
-                    faces["probes"].astype(np.float64)
-                    @ np.asarray(noise[start : start + 50_000], np.float64).T
-                )
-                better = block.max(axis=1) > best_noise
-                who_noise[better] = start + block.argmax(axis=1)[better]
-                best_noise = np.maximum(best_noise, block.max(axis=1))
-            truth = [
-                w if r >= n else f"synthetic-{who_noise[i]:07d}"
-                for i, (w, r, n) in enumerate(zip(who_real, best_real, best_noise, strict=True))
-            ]
-            truth_score = np.maximum(best_real, best_noise)
-            passing = truth_score >= float(faces["threshold"])
+            truth, passing = exact_truth(faces, noise)
             build = result["builds"].setdefault(str(size), {})
             sqlite_path = work / f"sqlite-{size}.db"
             load = fill_sqlite(sqlite_path, key, ref, faces, noise)
