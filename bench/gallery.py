@@ -444,6 +444,22 @@ def recall(top1: list[str], truth: list[str]) -> float:
     return float(np.mean([a == b for a, b in zip(top1, truth, strict=True)]))
 
 
+def recalls(top1: list[str], truth: list[str], passing: np.ndarray) -> dict[str, float]:
+    """recall@1 over every probe, and over the probes whose exact best score passes the threshold."""
+    kept = [i for i, p in enumerate(passing) if p]
+    return {
+        "recall_at_1": recall(top1, truth),
+        "recall_at_1_passing": recall([top1[i] for i in kept], [truth[i] for i in kept]),
+    }
+
+
+def write_with_reading(path: Path, lines: list[str], marker: str) -> None:
+    """Write a generated report, keeping the hand-written reading below ``marker`` from the previous file."""
+    text = path.read_text() if path.exists() else ""
+    notes = text.split(marker, 1)[1] if marker in text else "\n"
+    path.write_text("\n".join([*lines, "", marker + notes.rstrip("\n")]) + "\n")
+
+
 def write_report(result: dict, out: Path) -> None:
     import matplotlib
 
@@ -574,11 +590,7 @@ def write_report(result: dict, out: Path) -> None:
                 f"{w['search_p50_ms']:.1f} ms, p99 {w['search_p99_ms']:.1f} ms, "
                 f"max {w['search_max_ms']:.1f} ms (incremental refresh).",
             ]
-    # The hand-written reading of the figures below the marker survives a re-run.
-    text = (out / "gallery.md").read_text() if (out / "gallery.md").exists() else ""
-    notes = text.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in text else "\n"
-    lines += ["", NOTES_MARKER + notes.rstrip("\n")]
-    (out / "gallery.md").write_text("\n".join(lines) + "\n")
+    write_with_reading(out / "gallery.md", lines, NOTES_MARKER)
 
 
 def main() -> None:
@@ -690,11 +702,7 @@ def main() -> None:
                             [f"sweep:{candidates}", pg.url(db), str(faces_path), str(size), "0", "0"]
                         )
                         top1 = row.pop("top1")
-                        row["recall_at_1"] = recall(top1, truth)
-                        row["recall_at_1_passing"] = recall(
-                            [t for t, p in zip(top1, passing, strict=True) if p],
-                            [t for t, p in zip(truth, passing, strict=True) if p],
-                        )
+                        row.update(recalls(top1, truth, passing))
                         row["paused"] = not args.no_pause
                         print(f"  sweep: {json.dumps(row)}", flush=True)
                         result["sweep"] = [
@@ -726,11 +734,7 @@ def main() -> None:
                     )
                     top1 = row.pop("top1")
                     if backend == "postgres-hnsw":
-                        row["recall_at_1"] = recall(top1, truth)
-                        row["recall_at_1_passing"] = recall(
-                            [t for t, p in zip(top1, passing, strict=True) if p],
-                            [t for t, p in zip(truth, passing, strict=True) if p],
-                        )
+                        row.update(recalls(top1, truth, passing))
                     else:  # exact backends must agree with numpy's float64 truth on the probes they ran
                         row["agrees_with_numpy"] = recall(top1, truth[: len(top1)])
                     print(

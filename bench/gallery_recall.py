@@ -46,10 +46,11 @@ from gallery import (  # noqa: E402  # bench/gallery.py, this script's sibling
     plant_postgres,
     postgres_complete,
     real_faces,
-    recall,
+    recalls,
     run_worker,
     synthetic,
     variant_key,
+    write_with_reading,
 )
 
 from tests.pg_server import PostgresServer  # noqa: E402
@@ -197,10 +198,7 @@ def write_report(result: dict, out: Path) -> None:
         for db, w in sorted(result["enrolment"].items()):
             lines.append(f"| {db} | {w['enrol_per_s']:.0f} | {w['enrol_p50_ms']:.2f} |")
     marker = "<!-- reading: kept when bench/gallery_recall.py rewrites this file -->"
-    text = (out / "gallery_recall.md").read_text() if (out / "gallery_recall.md").exists() else ""
-    notes = text.split(marker, 1)[1] if marker in text else "\n"
-    lines += ["", marker + notes.rstrip("\n")]
-    (out / "gallery_recall.md").write_text("\n".join(lines) + "\n")
+    write_with_reading(out / "gallery_recall.md", lines, marker)
 
 
 def main() -> None:
@@ -270,11 +268,7 @@ def main() -> None:
                         m=m,
                         ef_construction=ef_construction,
                         index_build_s=result["builds"].get(db, {}).get("index_build_s", float("nan")),
-                        recall_at_1=recall(top1, truth),
-                        recall_at_1_passing=recall(
-                            [t for t, p in zip(top1, passing, strict=True) if p],
-                            [t for t, p in zip(truth, passing, strict=True) if p],
-                        ),
+                        **recalls(top1, truth, passing),
                         filler_top1_share=float(np.mean([t.startswith("synthetic-") for t in truth])),
                         paused=not args.no_pause,
                     )
