@@ -40,6 +40,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from reporting import write_with_reading  # noqa: E402  # bench/reporting.py
+
 from service.gallery import (  # noqa: E402
     Gallery,
     PostgresGallery,
@@ -451,13 +453,6 @@ def recalls(top1: list[str], truth: list[str], passing: np.ndarray) -> dict[str,
         "recall_at_1": recall(top1, truth),
         "recall_at_1_passing": recall([top1[i] for i in kept], [truth[i] for i in kept]),
     }
-
-
-def write_with_reading(path: Path, lines: list[str], marker: str) -> None:
-    """Write a generated report, keeping the hand-written reading below ``marker`` from the previous file."""
-    text = path.read_text() if path.exists() else ""
-    notes = text.split(marker, 1)[1] if marker in text else "\n"
-    path.write_text("\n".join([*lines, "", marker + notes.rstrip("\n")]) + "\n")
 
 
 def write_report(result: dict, out: Path) -> None:

@@ -50,8 +50,8 @@ from gallery import (  # noqa: E402  # bench/gallery.py, this script's sibling
     run_worker,
     synthetic,
     variant_key,
-    write_with_reading,
 )
+from reporting import write_with_reading  # noqa: E402
 
 from tests.pg_server import PostgresServer  # noqa: E402
 

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from reporting import write_with_reading  # bench/reporting.py, run as a script from bench/
 
 from faces.embed import Embedder
 from model_store import ModelStore
@@ -47,7 +48,10 @@ def auc(genuine: np.ndarray, impostor: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--variants", nargs="+", default=["squeezefacenet@3", "squeezerfacenet-taylor-30@3", "sface@1"]
+        "--variants",
+        nargs="+",
+        # the dlib-taught default, the SFace-taught ones and the teacher itself: what the teacher changed
+        default=["squeezefacenet@3", "squeezefacenet@6", "squeezerfacenet-taylor-30@5", "sface@1"],
     )
     parser.add_argument("--data", type=Path, default=data_root())
     args = parser.parse_args()
@@ -109,7 +113,8 @@ def main() -> None:
     lines = [
         "# Frontal against side faces of the held-out validation identities",
         "",
-        "`.venv/bin/python bench/pose_pairs.py` (its docstring says how the pairs are built):",
+        f"`.venv/bin/python bench/pose_pairs.py --variants {' '.join(args.variants)}`"
+        " (its docstring says how the pairs are built):",
         f"{summary['faces']} validation faces, {summary['frontal']} frontal (|yaw| < {FRONTAL}),"
         f" {summary['side']} side (|yaw| > {SIDE}); {summary['genuine_pairs']} genuine pairs over"
         f" {summary['identities_with_both']} identities, {summary['impostor_pairs']:,} impostor pairs."
@@ -125,7 +130,7 @@ def main() -> None:
         ),
         "",
     ]
-    (REPORTS / "pose_pairs.md").write_text("\n".join(lines))
+    write_with_reading(REPORTS / "pose_pairs.md", lines)
 
 
 if __name__ == "__main__":
