@@ -23,7 +23,15 @@ from pruning.data.faceset import load_validation
 from pruning.data.paths import data_root
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
-DEFAULT_VARIANTS = ["squeezefacenet@2", "squeezefacenet@3", "squeezerfacenet-taylor-30@3", "sface@1"]
+# the embedders the reports compare: the plain command reproduces reports/validation.md
+DEFAULT_VARIANTS = [
+    *(f"squeezefacenet@{v}" for v in range(2, 8)),
+    *(f"squeezefacenet-int8@{v}" for v in range(3, 6)),
+    *(f"squeezerfacenet-taylor-30@{v}" for v in range(3, 6)),
+    "squeezerfacenet-taylor-40@3",
+    "squeezerfacenet-taylor-40@4",
+    "sface@1",
+]
 
 
 def main() -> None:
