@@ -149,13 +149,14 @@ def torch_embed_fn(model: FaceEmbedder, batch_size: int = 128):
 
     def embed(crops: np.ndarray) -> np.ndarray:
         model.eval()
+        device = next(model.parameters()).device  # wherever the network is (an accelerator while training)
         out = []
         with torch.no_grad():
             for start in range(0, len(crops), batch_size):
                 x = torch.from_numpy(
                     crops_to_tensor(crops[start : start + batch_size], INPUT_CARD.mean, INPUT_CARD.std)
-                )
-                out.append(torch.nn.functional.normalize(model(x), dim=1).numpy())
+                ).to(device)
+                out.append(torch.nn.functional.normalize(model(x), dim=1).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, model.config.embedding_dim), np.float32)
 
     return embed

@@ -17,6 +17,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +26,9 @@ from pruning.importance import create_importance, lowest_filters
 from pruning.models import FaceEmbedder, count_flops, count_params
 from pruning.surgery import filter_counts, remove_filters
 from pruning.train import DistillationData, distillation_loss, validate
+
+if TYPE_CHECKING:
+    from pruning.live import LiveData
 
 
 @dataclass
@@ -59,7 +63,7 @@ def _loss(model: FaceEmbedder, batch: object) -> torch.Tensor:
 
 
 def finetune(
-    model: FaceEmbedder, data: DistillationData, steps: int, config: PruneConfig, seed_step: int
+    model: FaceEmbedder, data: DistillationData | LiveData, steps: int, config: PruneConfig, seed_step: int
 ) -> None:
     """Plain AdamW fine-tuning with a cosine decay over ``steps`` (a fresh optimiser: the shapes changed)."""
     if steps <= 0:
@@ -80,20 +84,32 @@ def level_name(level: float) -> str:
     return f"level-{round(level * 100):02d}"
 
 
-def prune(config: PruneConfig, progress: bool = True) -> dict[str, object]:
+def prune(
+    config: PruneConfig,
+    progress: bool = True,
+    *,
+    data: DistillationData | LiveData | None = None,
+    device: torch.device | None = None,
+) -> dict[str, object]:
+    """Run (or resume) the schedule. ``data``: batches from elsewhere (``pruning.live.LiveData``: a live
+    teacher on an accelerator) instead of the crop cache's cached targets; ``device``: where the network
+    trains (the surgery itself builds its new layers on the CPU, so the network is moved back after it)."""
     from tqdm import tqdm
 
     torch.set_num_threads(config.threads)
     config.run_dir.mkdir(parents=True, exist_ok=True)
     dense, dense_checkpoint = load_checkpoint(config.checkpoint)
     target_mean = dense_checkpoint.meta.target_mean
-    data = DistillationData.load(
-        config.crops_root,
-        config.sources,
-        config.val_fraction,
-        target_mean,
-        teacher=dense_checkpoint.meta.teacher,
-    )
+    if data is None:
+        data = DistillationData.load(
+            config.crops_root,
+            config.sources,
+            config.val_fraction,
+            target_mean,
+            teacher=dense_checkpoint.meta.teacher,
+        )
+    device = device or torch.device("cpu")
+    dense = dense.to(device)
     original = filter_counts(dense)
     total = sum(v for k, v in original.items() if k not in config.ignored_layers)
     per_step = math.ceil(config.pruning_ratio * total / config.iterative_steps)
@@ -104,6 +120,7 @@ def prune(config: PruneConfig, progress: bool = True) -> dict[str, object]:
     state_path = config.run_dir / "state.pt"
     if state_path.exists():
         model, state = load_checkpoint(state_path)
+        model = model.to(device)
         if state.iteration is None or state.history is None:
             raise ValueError(f"{state_path} holds no pruning schedule state to resume from")
         iteration, history = state.iteration, list(state.history)
@@ -134,7 +151,8 @@ def prune(config: PruneConfig, progress: bool = True) -> dict[str, object]:
         plan = lowest_filters(
             scores, per_step, min_keep=_current_min_keep(model, min_keep), round_to=config.round_to
         )
-        remove_filters(model, plan)
+        remove_filters(model.cpu(), plan)
+        model.to(device)
         finetune(model, data, config.finetune_steps, config, step_base)
         removed = {k: len(v) for k, v in plan.items() if v}
         history.append(_describe(model, original, iteration, removed, total))
@@ -183,7 +201,10 @@ def _reached_at(history: list[dict[str, object]], level: float) -> int | None:
 
 
 def _snapshot_levels(
-    model: FaceEmbedder, data: DistillationData, history: list[dict[str, object]], config: PruneConfig
+    model: FaceEmbedder,
+    data: DistillationData | LiveData,
+    history: list[dict[str, object]],
+    config: PruneConfig,
 ) -> None:
     """Finish every level first reached by the current iteration (``history[-1]``) that has no checkpoint.
 

@@ -192,6 +192,20 @@ class SFaceTeacher:
         return np.stack([self.embed_crops(crops), self.embed_crops(crops[:, :, ::-1])], axis=1)
 
 
+def sface_module(model: bytes):
+    """SFace as a PyTorch module (onnx2torch), for a live teacher on an accelerator (``pruning.live``).
+
+    ``model``: the verified original ONNX bytes. Same input as the graph: (N, 3, 112, 112) raw RGB 0–255;
+    output the raw 128-D descriptor. Converted outputs match ONNX Runtime's to ~2e-6 (float32).
+    """
+    import onnx
+    from onnx2torch import convert
+
+    verify_sface(model)
+    module = convert(onnx.load_from_string(model))
+    return module.eval().requires_grad_(False)
+
+
 # ---- cache builder ----------------------------------------------------------------------------------
 def build_sface_cache(
     crops_dir: Path,

@@ -84,10 +84,10 @@ def distillation_loss(
     s = F.normalize(student, dim=1)
     cos = (s * target).sum(dim=1)
     loss_cos = (1 - cos).mean()
-    off_diagonal = ~torch.eye(len(s), dtype=torch.bool)
+    off_diagonal = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
     loss_sp = ((s @ s.T - target @ target.T)[off_diagonal] ** 2).mean()
     logits = s @ target.T / nce_temperature
-    loss_nce = F.cross_entropy(logits, torch.arange(len(s)))
+    loss_nce = F.cross_entropy(logits, torch.arange(len(s), device=s.device))
     loss = loss_cos + sp_weight * loss_sp + nce_weight * loss_nce
     parts = {"cos": cos.mean().item(), "sp": loss_sp.item(), "nce": loss_nce.item()}
     return loss, parts

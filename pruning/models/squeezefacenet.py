@@ -206,6 +206,6 @@ def count_flops(model: nn.Module, input_size: tuple[int, int] = (112, 112)) -> i
     was_training = model.training
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, *input_size))
+        model(torch.zeros(1, 3, *input_size, device=next(model.parameters()).device))
     model.train(was_training)
     return int(counter.get_total_flops())
