@@ -20,6 +20,7 @@ fine-tuning can run on the accelerator too.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -403,9 +404,8 @@ def plot_curves(run_dir: Path) -> Path:
         rows = [r for r in records if r.get("student") == name and "cos" in r]
         axes[0].plot([r["step"] for r in rows], [r["cos"] for r in rows], lw=0.8, label=name)
         vals = [r for r in records if r.get("student") == name and "val" in r]
-        axes[1].plot(
-            [r["step"] for r in vals], [r["val"].get("tar_at_fmr_1e-3", np.nan) for r in vals], "o-", label=name
-        )
+        tar = [r["val"].get("tar_at_fmr_1e-3", np.nan) for r in vals]
+        axes[1].plot([r["step"] for r in vals], tar, "o-", label=name)
     axes[0].set_title("cosine to the live teacher's centred target")
     axes[1].set_title("validation TAR@FMR1e-3 (held-out identities, one pass)")
     for ax in axes:
@@ -496,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--final-finetune-steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--importance-batches", type=int, default=8)
+    p.add_argument("--val-fraction", type=float, default=0.1)
     args = parser.parse_args(argv)
     if args.command == "bench":
         print(json.dumps(bench(Path(), args.teacher, args.family, args.batch_size, args.steps)))
@@ -522,24 +524,14 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
     _, dense = load_checkpoint(args.checkpoint)
-    train_set, val_set = split_faces(args.crops_root, 0.1)
+    train_set, val_set = split_faces(args.crops_root, args.val_fraction)
     data = LiveData(
         train_set, val_set, load_teacher(args.teacher), np.asarray(dense.meta.target_mean), device
     )
-    config = PruneConfig(
-        run_dir=args.run_dir,
-        checkpoint=args.checkpoint,
-        crops_root=args.crops_root,
-        criterion=args.criterion,
-        pruning_ratio=args.pruning_ratio,
-        iterative_steps=args.iterative_steps,
-        levels=tuple(args.levels),
-        finetune_steps=args.finetune_steps,
-        final_finetune_steps=args.final_finetune_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        round_to=args.round_to,
-    )
+    # every flag of this subcommand is named after its PruneConfig field
+    names = {f.name for f in dataclasses.fields(PruneConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    config = PruneConfig(**values | {"levels": tuple(args.levels)})
     summary = prune(config, data=data, device=device)
     print(json.dumps({"levels": [h["removed_share"] for h in summary["history"]]}))  # type: ignore[index]
     return 0

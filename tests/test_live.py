@@ -19,8 +19,7 @@ from pruning.data.faceset import load_faceset, shard_records
 from pruning.data.paths import data_root
 from pruning.data.prep import PrepConfig, load_labels, prepare
 from pruning.data.transfer import pack, unpack
-from pruning.live import LiveConfig, LiveData, StudentSpec, load_teacher, split_faces, train_live
-from pruning.prune import PruneConfig, prune
+from pruning.live import LiveConfig, LiveData, StudentSpec, load_teacher, main, split_faces, train_live
 from pruning.sface import SFaceTeacher, TeacherIntegrityError, fetch_sface, sface_module
 from tests.conftest import DATA
 
@@ -132,25 +131,14 @@ def test_live_distillation_writes_checkpoints_the_publisher_and_pruner_take(
     plan = next(r for r in records if r.get("event") == "plan")
     assert plan["total_steps"] == summary["steps"]  # the schedule was fitted to the time budget
 
-    # the pruning schedule on the same live batches
-    train, val = split_faces(crops_root, 0.5)
-    data = LiveData(
-        train, val, load_teacher(teacher_path), np.asarray(checkpoint.meta.target_mean), torch.device("cpu")
-    )
-    prune_config = PruneConfig(
-        run_dir=tmp_path / "prune",
-        checkpoint=tmp_path / "live" / "sq-best.pt",
-        crops_root=crops_root,
-        pruning_ratio=0.2,
-        iterative_steps=1,
-        levels=(0.2,),
-        importance_batches=1,
-        finetune_steps=1,
-        final_finetune_steps=1,
-        batch_size=8,
-        round_to=16,
-    )
-    prune(prune_config, progress=False, data=data)
+    # the pruning schedule on the same live batches, through the command the accelerator runs
+    args = ["prune", "--crops-root", str(crops_root), "--teacher", str(teacher_path)]
+    args += ["--checkpoint", str(tmp_path / "live" / "sq-best.pt"), "--run-dir", str(tmp_path / "prune")]
+    args += ["--pruning-ratio", "0.2", "--iterative-steps", "1", "--levels", "0.2"]
+    args += ["--importance-batches", "1", "--finetune-steps", "1", "--final-finetune-steps", "1"]
+    args += ["--batch-size", "8", "--val-fraction", "0.5"]
+    assert main(args) == 0
     level, level_checkpoint = load_checkpoint(tmp_path / "prune" / "level-20.pt")
     assert sum(p.numel() for p in level.parameters()) < sum(p.numel() for p in model.parameters())
     assert level_checkpoint.criterion == "taylor" and level_checkpoint.meta.teacher == "sface"
+    assert level_checkpoint.meta.prune_config["round_to"] == 16  # type: ignore[index]
