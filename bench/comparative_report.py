@@ -180,7 +180,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dense", action="append", default=[], help="FAMILY=CHECKPOINT (repeatable)")
     parser.add_argument("--run", action="append", default=[], help="FAMILY:CRITERION=RUN_DIR (repeatable)")
-    parser.add_argument("--teacher-eval", type=Path, default=ROOT / "reports/eval/lfw-dlib-teacher.json")
+    parser.add_argument("--teacher-eval", type=Path, default=ROOT / "reports/eval/lfw-sface.json")
     parser.add_argument("--pairs", type=Path, help="default: LFW View 2 pairs.txt (benchmark only)")
     parser.add_argument("--images-root", type=Path, help="default: the LFW images")
     parser.add_argument("--crops-root", type=Path, help="default: $FACEVERIFY_DATA/crops")
