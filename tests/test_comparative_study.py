@@ -131,7 +131,8 @@ def test_comparative_report_end_to_end(study: dict[str, Path], crops_root: Path,
         "squeezefacenet-taylor-20",
     ):
         assert f"| {variant} |" in report
-    assert "teacher (sface@1)" in report  # the committed evaluation of the teacher (SFace), beside the students
+    # the committed evaluation of the teacher (SFace), beside the students
+    assert "teacher (sface@1)" in report
     for figure in (
         "accuracy_vs_params",
         "spearman",
