@@ -55,9 +55,12 @@ def main() -> None:
             "squeezefacenet@3",
             "squeezefacenet@6",
             "squeezefacenet@7",
-            "squeezefacenet-int8@5",
+            "squeezefacenet@8",
+            "squeezefacenet-int8@6",
             "squeezerfacenet-taylor-30@5",
             "squeezerfacenet-taylor-40@4",
+            "squeezerfacenet-taylor-30@7",
+            "squeezerfacenet-taylor-40@5",
             "sface@1",
         ],
     )
