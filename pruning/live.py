@@ -22,9 +22,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from pruning.augment import augment, flip_mask, geometric, mixup
-from pruning.calibrate import calibrate
-from pruning.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint, torch_embed_fn
+from pruning.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from pruning.data.faceset import FaceSet, load_faceset, validation_mask
 from pruning.models import INPUT_CARD, FaceEmbedder, count_params, create_model
-from pruning.train import distillation_loss
+from pruning.train import distillation_loss, validate, validation_score, warmup_cosine
 
 MEAN = torch.tensor(INPUT_CARD.mean).view(1, 3, 1, 1)
 STD = torch.tensor(INPUT_CARD.std).view(1, 3, 1, 1)
@@ -83,7 +81,6 @@ class LiveConfig:
     # The target space: the mean raw teacher descriptor to centre on (the published students' own, so a
     # student continued from one keeps its space); None computes it from the training faces.
     target_mean: list[float] | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         out = asdict(self)
@@ -105,7 +102,7 @@ class LiveData:
         train: FaceSet,
         val: FaceSet,
         teacher: torch.nn.Module,
-        target_mean: np.ndarray,
+        target_mean: np.ndarray | None,
         device: torch.device,
         *,
         geometric_p: float = 0.8,
@@ -115,7 +112,10 @@ class LiveData:
         self.device = device
         self.crops = torch.from_numpy(train.crops).to(device)  # (N, 112, 112, 3) uint8
         self.teacher_module = teacher.to(device).to(memory_format=torch.channels_last)
-        self.target_mean = np.asarray(target_mean, np.float32)
+        self._input_mean, self._input_std = MEAN.to(device), STD.to(device)
+        # None: the teacher's own mean over the training crops and their mirror images
+        own = target_mean is None
+        self.target_mean = self._teacher_mean() if own else np.asarray(target_mean, np.float32)
         self._mean = torch.from_numpy(self.target_mean).to(device)
         self.teacher = "sface"
         self.geometric_p, self.mixup_p = geometric_p, mixup_p
@@ -123,6 +123,19 @@ class LiveData:
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return len(self.train) // batch_size
+
+    def _teacher_mean(self, batch_size: int = 1024) -> np.ndarray:
+        """Mean raw teacher descriptor of the training crops and their mirror images (no augmentation)."""
+        total = torch.zeros(128, device=self.device, dtype=torch.float64)
+        count = 0
+        for start in range(0, len(self.crops), batch_size):
+            raw = self.crops[start : start + batch_size].permute(0, 3, 1, 2).float()
+            for view in (raw, raw.flip(3)):
+                with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16):
+                    described = self.teacher_module(view.contiguous(memory_format=torch.channels_last))
+                total += described.double().sum(0)
+                count += len(view)
+        return (total / count).float().cpu().numpy()
 
     def describe(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw RGB 0–255 NCHW → centred unit teacher targets."""
@@ -142,8 +155,8 @@ class LiveData:
         raw = torch.where(flip[:, None, None, None], raw.flip(3), raw)
         raw = geometric(raw, gen, p=self.geometric_p)
         raw = mixup(raw, gen, p=self.mixup_p)
-        x = augment((raw - MEAN.to(raw.device)) / STD.to(raw.device), gen, torch.zeros_like(flip))
-        targets = self.describe(x * STD.to(x.device) + MEAN.to(x.device))  # the pixels the student sees
+        x = augment((raw - self._input_mean) / self._input_std, gen, torch.zeros_like(flip))
+        targets = self.describe(x * self._input_std + self._input_mean)  # the pixels the student sees
         return x.contiguous(memory_format=torch.channels_last), targets
 
 
@@ -157,21 +170,6 @@ def split_faces(crops_root: Path, val_fraction: float) -> tuple[FaceSet, FaceSet
     faces = load_faceset(crops_root, teacher=None)
     held_out = validation_mask(faces.identity, val_fraction)
     return faces.subset(~held_out), faces.subset(held_out)
-
-
-def teacher_mean(data: LiveData, batch_size: int = 1024) -> np.ndarray:
-    """Mean raw teacher descriptor of the training crops and their mirror images (no other augmentation)."""
-    total = torch.zeros(128, device=data.device, dtype=torch.float64)
-    count = 0
-    for start in range(0, len(data.crops), batch_size):
-        raw = data.crops[start : start + batch_size].permute(0, 3, 1, 2).float()
-        for view in (raw, raw.flip(3)):
-            with torch.no_grad(), torch.autocast(data.device.type, dtype=torch.bfloat16):
-                total += (
-                    data.teacher_module(view.contiguous(memory_format=torch.channels_last)).double().sum(0)
-                )
-            count += len(view)
-    return (total / count).float().cpu().numpy()
 
 
 @dataclass
@@ -203,23 +201,6 @@ def build_student(spec: StudentSpec, config: LiveConfig, device: torch.device) -
     return Student(spec, model, optimizer, lineage)
 
 
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def validate(model: FaceEmbedder, val: FaceSet) -> dict[str, object]:
-    metrics = calibrate(torch_embed_fn(model, batch_size=512)(val.crops), val.identity)
-    model.train()
-    return metrics
-
-
-def _score(metrics: dict[str, object]) -> float:
-    return float(metrics.get("tar_at_fmr_1e-3", -float(metrics["eer"])))  # type: ignore[arg-type]
-
-
 def _save_cpu(path: Path, model: FaceEmbedder, **extra: object) -> None:
     save_checkpoint(
         path, copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format), **extra
@@ -242,13 +223,12 @@ def train_live(
         train_set,
         val_set,
         teacher,
-        np.zeros(128, np.float32),
+        None if config.target_mean is None else np.asarray(config.target_mean, np.float32),
         device,
         geometric_p=config.geometric,
         mixup_p=config.mixup,
     )
-    mean = np.asarray(config.target_mean, np.float32) if config.target_mean else teacher_mean(data)
-    data.target_mean, data._mean = mean, torch.from_numpy(mean).to(device)
+    mean = data.target_mean
     students = [build_student(spec, config, device) for spec in config.students]
     meta = {
         s.name: CheckpointMeta(
@@ -277,7 +257,8 @@ def train_live(
     )
     for s in students:
         metrics = validate(s.model, val_set)
-        s.best = _score(metrics)
+        s.model.train()
+        s.best = validation_score(metrics)
         log({"step": 0, "student": s.name, "val": metrics})
         _save_cpu(
             config.run_dir / f"{s.name}-best.pt", s.model, step=0, val=metrics, meta=meta[s.name], **s.lineage
@@ -316,7 +297,7 @@ def train_live(
         x, targets = data.batch(step, config.batch_size, config.seed)
         parts_by = {}
         for s in students:
-            factor = lr_factor(step, total or 10**9, config.warmup_steps)
+            factor = warmup_cosine(step, total or 10**9, config.warmup_steps)
             for group in s.optimizer.param_groups:
                 group["lr"] = s.spec.lr * factor
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -346,13 +327,14 @@ def train_live(
                         "loss": float(loss),
                         **parts,
                         "images_per_s": rate,
-                        "lr_factor": lr_factor(step, total or 10**9, config.warmup_steps),
+                        "lr_factor": warmup_cosine(step, total or 10**9, config.warmup_steps),
                     }
                 )
         last = total is not None and step >= total
         if step % config.val_every == 0 or last:
             for s in students:
                 metrics = validate(s.model, val_set)
+                s.model.train()
                 log(
                     {
                         "step": step,
@@ -361,8 +343,8 @@ def train_live(
                         "elapsed_s": time.perf_counter() - started,
                     }
                 )
-                if _score(metrics) > s.best:
-                    s.best, s.best_step = _score(metrics), step
+                if validation_score(metrics) > s.best:
+                    s.best, s.best_step = validation_score(metrics), step
                     _save_cpu(
                         config.run_dir / f"{s.name}-best.pt",
                         s.model,
@@ -420,7 +402,7 @@ def plot_curves(run_dir: Path) -> Path:
 
 
 # ---- command line (what a lent accelerator runs; see pruning/device_job.sh) --------------------------------
-def bench(crops_root: Path, teacher_onnx: Path, families: list[str], batch_size: int, steps: int) -> dict:
+def bench(teacher_onnx: Path, families: list[str], batch_size: int, steps: int) -> dict:
     """Images per second of the teacher alone and of one training step per family (synthetic timing)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
@@ -500,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-fraction", type=float, default=0.1)
     args = parser.parse_args(argv)
     if args.command == "bench":
-        print(json.dumps(bench(Path(), args.teacher, args.family, args.batch_size, args.steps)))
+        print(json.dumps(bench(args.teacher, args.family, args.batch_size, args.steps)))
         return 0
     if args.command == "train":
         mean = None

@@ -93,11 +93,16 @@ def distillation_loss(
     return loss, parts
 
 
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Share of the peak learning rate at ``step``: linear warm-up, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * warmup_cosine(step, total, config.warmup_steps)
 
 
 def batch_tensor(crops: np.ndarray) -> torch.Tensor:
@@ -195,6 +200,11 @@ def refit_embedding(
 def validate(model: torch.nn.Module, val: FaceSet) -> dict[str, object]:
     embeddings = torch_embed_fn(model)(val.crops)
     return calibrate(embeddings, val.identity)
+
+
+def validation_score(metrics: dict[str, object]) -> float:
+    """What picks the best checkpoint: TAR at FMR 1e-3, or minus the EER where too few impostor pairs."""
+    return float(metrics.get("tar_at_fmr_1e-3", -metrics["eer"]))  # type: ignore[arg-type]
 
 
 def _log(path: Path, record: dict[str, object]) -> None:
@@ -311,7 +321,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             metrics = validate(model, val_set)
             model.train()
             _log(log_path, {"step": step, "epoch": epoch, "val": metrics})
-            score = float(metrics.get("tar_at_fmr_1e-3", -metrics["eer"]))  # type: ignore[arg-type]
+            score = validation_score(metrics)
             if score > best:
                 best = score
                 save_checkpoint(best_path, model, step=step, val=metrics, meta=meta, **lineage)

@@ -4,9 +4,7 @@ distillation, and the pruning schedule on live batches."""
 
 from __future__ import annotations
 
-import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,23 +19,16 @@ from pruning.data.prep import PrepConfig, load_labels, prepare
 from pruning.data.transfer import pack, unpack
 from pruning.live import LiveConfig, LiveData, StudentSpec, load_teacher, main, split_faces, train_live
 from pruning.sface import SFaceTeacher, TeacherIntegrityError, fetch_sface, sface_module
-from tests.conftest import DATA
+from tests.pruning_support import copy_bbt_photos
 
 SFACE_DIR = data_root() / "teachers"
-PEOPLE = ["amy", "howard", "leonard", "penny", "raj", "sheldon"]
 
 
 @pytest.fixture(scope="module")
 def crops_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real aligned crops of six people (five photos each), in shards of eight."""
     photos = tmp_path_factory.mktemp("photos")
-    rows = []
-    for person in PEOPLE:
-        for path in sorted((DATA / "e2e" / "bbt" / person).glob("*.png"))[:5]:
-            shutil.copy(path, photos / path.name)
-            rows.append((path.name, f"bbt:{person}"))
-    with (photos / "labels.csv").open("w", newline="") as handle:
-        csv.writer(handle).writerows([("file", "identity"), *rows])
+    copy_bbt_photos(photos, per_person=5)
     root = tmp_path_factory.mktemp("crops")
     labels = load_labels(photos / "labels.csv")
     prepare(photos, root / "bbt", name="bbt", labels=labels, config=PrepConfig(shard_size=8, workers=1))

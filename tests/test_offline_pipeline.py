@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import shutil
@@ -34,29 +33,23 @@ from pruning.surgery import filter_counts
 from pruning.teacher import DlibTeacher, build_teacher_cache, teacher_path
 from pruning.train import TrainConfig, train
 from tests.conftest import DATA
+from tests.pruning_support import copy_bbt_photos
 
 BBT = DATA / "e2e" / "bbt"
 # SFace's verified bytes, fetched from PyPI once per machine and kept with the data caches (not per test).
 SFACE_DIR = data_root() / "teachers"
-PEOPLE = ["amy", "howard", "leonard", "penny", "raj", "sheldon"]
 
 
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real face crops of six people, plus two photos that must fail for recorded reasons."""
     folder = tmp_path_factory.mktemp("photos")
-    rows = []
-    for person in PEOPLE:
-        for path in sorted((BBT / person).glob("*.png"))[:4]:
-            shutil.copy(path, folder / path.name)
-            rows.append((path.name, f"bbt:{person}"))
+    copy_bbt_photos(folder, per_person=4)
     (folder / "notes.jpg").write_text("not a photo")
     blank = np.full((120, 160, 3), 128, np.uint8)
     import cv2
 
     cv2.imwrite(str(folder / "blank.png"), blank)
-    with (folder / "labels.csv").open("w", newline="") as handle:
-        csv.writer(handle).writerows([("file", "identity"), *rows])
     return folder
 
 
