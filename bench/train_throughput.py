@@ -213,19 +213,27 @@ def write_report(results: dict[str, object], out: Path) -> None:
         "`PYTHONPATH=$PWD .venv/bin/python bench/train_throughput.py --family FAMILY` "
         "(bench/train_throughput.py): one `faceverify train` step — batch "
         f"{machine['batch']}, augmentation, distillation loss, backward, AdamW — on {machine['threads']} "
-        "threads, background jobs paused while timing. "
-        f"CPU: {machine['cpu']}; flags {', '.join(k for k, v in machine['cpu_flags'].items() if v)}; "
-        f"torch {machine['torch']}.",
+        "threads, background jobs paused while timing. Each family's rows come from one machine (the CPU "
+        "column; sessions run on different machines, so compare settings within a CPU): "
+        + "; ".join(
+            f"{cpu}: flags {', '.join(k for k, v in flags.items() if v)}"
+            for cpu, flags in {
+                (r.get("machine") or machine)["cpu"]: (r.get("machine") or machine)["cpu_flags"]
+                for r in families.values()
+            }.items()
+        )
+        + f"; torch {machine['torch']}.",
         "",
-        "| family | params | MFLOPs/img | setting | img/s (CPU time) | img/s measured | CPU share | load | "
-        "step ms | data ms | warm-up s | bf16 min cos | samples/h | h for 1M | h for 5M |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| family | CPU | params | MFLOPs/img | setting | img/s (CPU time) | img/s measured | CPU share "
+        "| load | step ms | data ms | warm-up s | bf16 min cos | samples/h | h for 1M | h for 5M |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, record in families.items():
         for row in record["settings"]:
             cosine = "" if row["bf16_min_cosine"] is None else f"{row['bf16_min_cosine']:.4f}"
             lines.append(
-                f"| {name} | {record['params'] / 1e6:.2f}M | {record['flops'] / 1e6:.0f} | {row['label']} | "
+                f"| {name} | {row.get('cpu') or (record.get('machine') or machine)['cpu']} "
+                f"| {record['params'] / 1e6:.2f}M | {record['flops'] / 1e6:.0f} | {row['label']} | "
                 f"{row['images_per_s']:.1f} | {row['images_per_s_measured']:.1f} | {row['cpu_share']:.2f} | "
                 f"{row['load_average_1min']:.1f} | {row['step_ms_median']:.0f} | "
                 f"{row['data_ms_median']:.0f} | {row['warmup_s']:.0f} | {cosine} | "
@@ -300,6 +308,9 @@ def main() -> None:
     pause = not args.no_pause and shutil.which("bg-pause") is not None
     json_path = args.out / "train_throughput.json"
     results = json.loads(json_path.read_text()) if json_path.exists() else {"families": {}}
+    # Rows measured before the machine was recorded per family keep the machine the file named then.
+    for record in results["families"].values():
+        record.setdefault("machine", results.get("machine"))
     cpu, flags = cpu_info()
     results["machine"] = {
         "cpu": cpu,
@@ -312,11 +323,11 @@ def main() -> None:
     model = create_model(family=args.family)
     order = [s.label for s in SETTINGS]
     entry = results["families"].setdefault(args.family, {"settings": []})
-    entry |= {"params": count_params(model), "flops": count_flops(model)}
+    entry |= {"params": count_params(model), "flops": count_flops(model), "machine": results["machine"]}
     for setting in SETTINGS:
         if args.settings is not None and setting.label not in args.settings:
             continue
-        row = time_setting(args.family, setting, args.batch, args.seconds, args.warmup, pause)
+        row = time_setting(args.family, setting, args.batch, args.seconds, args.warmup, pause) | {"cpu": cpu}
         print(json.dumps({"family": args.family, **row}), flush=True)
         # Written after every setting: a long run interrupted later keeps what it measured.
         kept = [r for r in entry["settings"] if r["label"] != setting.label]

@@ -33,6 +33,8 @@ def test_train_flags_left_unset_give_train_configs_defaults() -> None:
 
     config = train_config(parse("train", "--run-dir", str(RUN)), crops_root=CROPS, init=None)
     assert config == TrainConfig(run_dir=RUN, crops_root=CROPS)  # every field, compile and arch included
+    bf16 = train_config(parse("train", "--run-dir", str(RUN), "--bf16"), crops_root=CROPS, init=None)
+    assert bf16.bf16 and not config.bf16
 
 
 def test_prune_flags_left_unset_give_prune_configs_defaults() -> None:

@@ -9,12 +9,14 @@ reports/comparative.md once done).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pruning.checkpoint import load_checkpoint, save_checkpoint
 from pruning.models import create_model
@@ -66,6 +68,7 @@ def study(crops_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         arch={"family": "mobilenetv2", **MOBILENET.to_dict()},
         val_fraction=0.5,
         compile=False,
+        bf16=True,  # the CPU autocast path (ResNet-50's fastest setting) trains too
     )
     train(mobilenet, progress=False)
     dense = {"mobilenetv2": mobilenet.run_dir / "best.pt"}
@@ -87,6 +90,9 @@ def study(crops_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 def test_a_fresh_mobilenet_trains_and_each_family_prunes_with_recorded_widths(study: dict[str, Path]) -> None:
     model, payload = load_checkpoint(study["dense:mobilenetv2"])
     assert payload.arch["family"] == "mobilenetv2" and model.config == MOBILENET
+    assert payload.meta.config["bf16"] is True and all(p.dtype == torch.float32 for p in model.parameters())
+    assert payload.val is not None
+    assert all(math.isfinite(v) for v in payload.val.values() if isinstance(v, float))
     for key in ("squeezefacenet:taylor", "mobilenetv2:taylor", "mobilenetv2:l1", "resnet50:taylor"):
         history = json.loads((study[key] / "history.json").read_text())
         level, level_payload = load_checkpoint(study[key] / "level-20.pt")

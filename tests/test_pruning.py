@@ -18,6 +18,7 @@ from pruning.importance import (
 )
 from pruning.models import SqueezeFaceNetConfig, count_params, create_model, with_pooling
 from pruning.surgery import filter_counts, prunable_layers, remove_filters
+from pruning.widen import widen_checkpoint, widen_squeezes
 from tests.pruning_support import cosine_loss, random_batches
 
 SMALL = SqueezeFaceNetConfig(
@@ -113,6 +114,34 @@ def test_pruned_model_reloads_from_its_checkpoint(tmp_path: Path) -> None:
         assert torch.allclose(loaded(x), model(x), atol=1e-6)
     assert loaded.config.fires[1][2] == SMALL.fires[1][2] - 2
     assert loaded.embedding.out_features == 128  # the embedding is never pruned
+
+
+def test_widened_squeezes_compute_the_same_function_and_can_diverge(tmp_path: Path) -> None:
+    model = _randomised()
+    x = torch.randn(3, 3, 112, 112)
+    with torch.no_grad():
+        expected = model(x)
+    save_checkpoint(tmp_path / "narrow.pt", model)
+    widen_checkpoint(tmp_path / "narrow.pt", tmp_path / "wide.pt", 1.5, seed=3)
+    wide, checkpoint = load_checkpoint(tmp_path / "wide.pt")
+    wide.eval()
+    assert [f[0] for f in wide.config.fires] == [round(f[0] * 1.5) for f in SMALL.fires]
+    assert checkpoint.meta.config["widened"]["squeeze_factor"] == 1.5
+    with torch.no_grad():
+        assert torch.allclose(wide(x), expected, atol=1e-5)
+    # A copy receives another gradient than its source (uneven shares), so training can separate them.
+    fire = wide.fires[0]
+    squeeze = fire.squeeze[0].weight
+    copy_row = SMALL.fires[0][0]  # the first copy; its source is the one with identical weights
+    source_row = next(i for i in range(copy_row) if torch.equal(squeeze[i], squeeze[copy_row]))
+    wide.train()
+    wide(x).pow(2).sum().backward()
+    assert not torch.allclose(squeeze.grad[source_row], squeeze.grad[copy_row])
+    # The wider network prunes like any other.
+    remove_filters(wide, {"fire2.squeeze": [0, copy_row]})
+    assert wide.config.fires[0][0] == round(SMALL.fires[0][0] * 1.5) - 2
+    with pytest.raises(ValueError, match="only squeezefacenet"):
+        widen_squeezes(create_model(family="mobilenetv2"), 2)
 
 
 def test_refuses_to_empty_a_layer() -> None:

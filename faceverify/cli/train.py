@@ -86,6 +86,9 @@ def _train_arguments(tr: argparse.ArgumentParser) -> None:
     )
     # TrainConfig.compile is True: the flag turns it off
     tr.add_argument("--no-compile", action="store_true", help="eager PyTorch: no compile, ~30 %% slower")
+    tr.add_argument(
+        "--bf16", action="store_true", help="bf16 autocast of the forward (ResNet-50: 1.8x faster on AMX)"
+    )
 
 
 def _prune_arguments(pr: argparse.ArgumentParser) -> None:
@@ -179,6 +182,7 @@ def train_config(args: argparse.Namespace, *, crops_root: Path, init: Path | Non
         init=init,
         max_steps=args.max_steps,
         compile=not args.no_compile,
+        bf16=args.bf16,
         val_every=args.val_every,
         seed=args.seed,
         pooling=args.pooling,
