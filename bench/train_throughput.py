@@ -207,20 +207,20 @@ def write_report(results: dict[str, object], out: Path) -> None:
 
     families: dict[str, dict] = results["families"]  # type: ignore[assignment]
     machine: dict = results["machine"]  # type: ignore[assignment]
+    cpus: dict[str, dict[str, bool]] = results["cpus"]  # type: ignore[assignment]
+    used = {row["cpu"] for record in families.values() for row in record["settings"]}
     lines = [
         "# Training throughput per embedder family (CPU)",
         "",
         "`PYTHONPATH=$PWD .venv/bin/python bench/train_throughput.py --family FAMILY` "
         "(bench/train_throughput.py): one `faceverify train` step — batch "
         f"{machine['batch']}, augmentation, distillation loss, backward, AdamW — on {machine['threads']} "
-        "threads, background jobs paused while timing. Each family's rows come from one machine (the CPU "
-        "column; sessions run on different machines, so compare settings within a CPU): "
+        "threads, background jobs paused while timing. Sessions run on different machines: each row names "
+        "its CPU, and settings compare only within one CPU. "
         + "; ".join(
-            f"{cpu}: flags {', '.join(k for k, v in flags.items() if v)}"
-            for cpu, flags in {
-                (r.get("machine") or machine)["cpu"]: (r.get("machine") or machine)["cpu_flags"]
-                for r in families.values()
-            }.items()
+            f"{cpu}: flags {', '.join(k for k, v in on.items() if v)}"
+            for cpu, on in cpus.items()
+            if cpu in used
         )
         + f"; torch {machine['torch']}.",
         "",
@@ -232,7 +232,7 @@ def write_report(results: dict[str, object], out: Path) -> None:
         for row in record["settings"]:
             cosine = "" if row["bf16_min_cosine"] is None else f"{row['bf16_min_cosine']:.4f}"
             lines.append(
-                f"| {name} | {row.get('cpu') or (record.get('machine') or machine)['cpu']} "
+                f"| {name} | {row['cpu']} "
                 f"| {record['params'] / 1e6:.2f}M | {record['flops'] / 1e6:.0f} | {row['label']} | "
                 f"{row['images_per_s']:.1f} | {row['images_per_s_measured']:.1f} | {row['cpu_share']:.2f} | "
                 f"{row['load_average_1min']:.1f} | {row['step_ms_median']:.0f} | "
@@ -249,7 +249,7 @@ def write_report(results: dict[str, object], out: Path) -> None:
     for name, record in families.items():
         rows = record["settings"]
         best = max(rows, key=lambda r: r["images_per_s"])
-        eager = next((r for r in rows if r["label"] == "eager fp32"), None)
+        eager = next((r for r in rows if r["label"] == "eager fp32" and r["cpu"] == best["cpu"]), None)
         gain = f"{best['images_per_s'] / eager['images_per_s']:.2f}×" if eager else ""
         lines.append(
             f"| {name} | {best['label']} | {best['images_per_s']:.1f} | {gain} | "
@@ -308,10 +308,17 @@ def main() -> None:
     pause = not args.no_pause and shutil.which("bg-pause") is not None
     json_path = args.out / "train_throughput.json"
     results = json.loads(json_path.read_text()) if json_path.exists() else {"families": {}}
-    # Rows measured before the machine was recorded per family keep the machine the file named then.
+    # Sessions land on different machines: every row names its CPU (rows from before this was recorded
+    # get the machine the file named then), and the flags of every CPU seen are kept.
+    cpus = results.setdefault("cpus", {})
     for record in results["families"].values():
-        record.setdefault("machine", results.get("machine"))
+        before = record.pop("machine", None) or results.get("machine")
+        for row in record["settings"]:
+            if "cpu" not in row and before is not None:
+                row["cpu"] = before["cpu"]
+                cpus.setdefault(before["cpu"], before["cpu_flags"])
     cpu, flags = cpu_info()
+    cpus[cpu] = flags
     results["machine"] = {
         "cpu": cpu,
         "cpu_flags": flags,
@@ -323,7 +330,7 @@ def main() -> None:
     model = create_model(family=args.family)
     order = [s.label for s in SETTINGS]
     entry = results["families"].setdefault(args.family, {"settings": []})
-    entry |= {"params": count_params(model), "flops": count_flops(model), "machine": results["machine"]}
+    entry |= {"params": count_params(model), "flops": count_flops(model)}
     for setting in SETTINGS:
         if args.settings is not None and setting.label not in args.settings:
             continue
