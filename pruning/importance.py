@@ -83,9 +83,14 @@ class TaylorImportance(Importance):
     @staticmethod
     def _capture(name: str, captured: dict[str, torch.Tensor]):
         def hook(_module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            # The gradient hook must not close over ``output`` itself: output → its hook → output is a cycle
+            # through autograd's C++ objects that Python's collector cannot see, so every batch's activations
+            # leaked (≈1.5 GB an iteration on MobileNetV2, an OOM kill for ResNet-50 by the third).
+            activation = output.detach()
+
             def keep_grad(grad: torch.Tensor) -> None:
                 # per example and channel: mean over positions of a·∂L/∂a, summed over the unit's members
-                signed = (output.detach() * grad).mean(dim=(2, 3))
+                signed = (activation * grad).mean(dim=(2, 3))
                 captured[name] = captured[name] + signed if name in captured else signed
 
             output.register_hook(keep_grad)
