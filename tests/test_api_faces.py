@@ -199,7 +199,9 @@ def test_exif_rotated_photo_scores_like_the_upright_one(real_store_client: TestC
 
     a = verify(real_store_client, plain, reference)
     b = verify(real_store_client, turned, reference)
-    assert b["score"] == pytest.approx(a["score"], abs=0.01)
+    # The two JPEGs' 8×8 blocks fall on different pixels, so the crops differ slightly: 0.012 apart with
+    # squeezefacenet@9, within 0.01 with @8; the box check below is what an ignored EXIF turn would fail.
+    assert b["score"] == pytest.approx(a["score"], abs=0.02)
     # the box is in upright coordinates (the stored image is 640×473, the upright one 473×640)
     assert b["faces"][0]["box"] == pytest.approx(a["faces"][0]["box"], abs=3)
 
