@@ -62,8 +62,9 @@ class TrainConfig:
     # torch.compile (inductor, C++ on CPU) for the training forward/backward: 111 → 160 img/s on 2 threads
     # (measured, batch 64), for ~50 s of compilation at the start of each process.
     compile: bool = True
-    # bf16 autocast of the training forward on the CPU's AMX/AVX512-BF16 units: ResNet-50 1.8x faster than
-    # fp32 channels_last, SqueezeFaceNet not faster (reports/train_throughput.md). Loss and weights stay fp32.
+    # bf16 autocast of the training forward on the CPU's AVX512-BF16 units. On the AMD EPYC of stop 17:
+    # SqueezeFaceNet 2.0x and ResNet-50 1.8x faster than fp32, MobileNetV2 not faster; an earlier Intel
+    # machine ran SqueezeFaceNet slower with it (reports/train_throughput.md). Loss and weights stay fp32.
     bf16: bool = False
     arch: dict[str, object] = field(default_factory=dict)
     # Pooling of the trained network; with --init a GAP network is converted output-preserving (see models).

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pruning.checkpoint import Checkpoint, load_checkpoint, materialise, save_checkpoint
+from pruning.checkpoint import load_checkpoint, materialise, save_checkpoint
 from pruning.models import FaceEmbedder, count_params
 from pruning.models.squeezefacenet import Fire, SqueezeFaceNet
 
@@ -40,18 +40,23 @@ def _copy_map(width: int, new_width: int, generator: torch.Generator) -> torch.T
     return torch.cat([torch.arange(width), copies])
 
 
-def _widen_conv_bn(block: nn.Sequential, sources: torch.Tensor) -> nn.Sequential:
-    """The conv → BN (→ ReLU) block with output channel i a copy of ``sources[i]``."""
-    conv, bn = block[0], block[1]
-    assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and conv.bias is None
-    wide = nn.Conv2d(
-        conv.in_channels,
-        len(sources),
+def _conv_like(conv: nn.Conv2d, in_channels: int, out_channels: int) -> nn.Conv2d:
+    """A bias-free convolution with ``conv``'s kernel, stride and padding and other channel counts."""
+    return nn.Conv2d(
+        in_channels,
+        out_channels,
         conv.kernel_size,  # type: ignore[arg-type]
         stride=conv.stride,  # type: ignore[arg-type]
         padding=conv.padding,  # type: ignore[arg-type]
         bias=False,
     )
+
+
+def _widen_conv_bn(block: nn.Sequential, sources: torch.Tensor) -> nn.Sequential:
+    """The conv → BN (→ ReLU) block with output channel i a copy of ``sources[i]``."""
+    conv, bn = block[0], block[1]
+    assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and conv.bias is None
+    wide = _conv_like(conv, conv.in_channels, len(sources))
     wide_bn = nn.BatchNorm2d(len(sources), eps=bn.eps, momentum=bn.momentum)
     with torch.no_grad():
         wide.weight.copy_(conv.weight[sources])
@@ -74,14 +79,7 @@ def _share_inputs(
     # Renormalise so that every source's shares add up to exactly one.
     totals = torch.zeros(conv.in_channels, dtype=shares.dtype).index_add_(0, sources, shares)
     shares = shares / totals[sources]
-    wide = nn.Conv2d(
-        len(sources),
-        conv.out_channels,
-        conv.kernel_size,  # type: ignore[arg-type]
-        stride=conv.stride,  # type: ignore[arg-type]
-        padding=conv.padding,  # type: ignore[arg-type]
-        bias=False,
-    )
+    wide = _conv_like(conv, len(sources), conv.out_channels)
     with torch.no_grad():
         wide.weight.copy_(conv.weight[:, sources] * shares.view(1, -1, 1, 1))
     return nn.Sequential(wide, *block[1:])
@@ -107,16 +105,16 @@ def widen_squeezes(
     return model
 
 
-def widen_checkpoint(source: Path, out: Path, factor: float, *, seed: int = 0) -> Checkpoint:
-    """A checkpoint of ``source``'s network widened (its metadata and target space kept)."""
+def widen_checkpoint(source: Path, out: Path, factor: float, *, seed: int = 0) -> SqueezeFaceNet:
+    """Writes ``out``: ``source``'s network widened (its metadata and target space kept); returns it."""
     model, checkpoint = load_checkpoint(source)
-    model.eval()
-    widen_squeezes(model, factor, seed=seed)
+    wide = widen_squeezes(model, factor, seed=seed)
     meta = checkpoint.meta
     meta.config = dict(meta.config) | {
         "widened": {"from": str(source), "squeeze_factor": factor, "seed": seed}
     }
-    return save_checkpoint(out, model, meta=meta, **checkpoint.lineage)
+    save_checkpoint(out, wide, meta=meta, **checkpoint.lineage)
+    return wide
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,9 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     source = materialise(args.source, args.out.parent)
-    checkpoint = widen_checkpoint(source, args.out, args.squeeze_factor, seed=args.seed)
-    model, _ = load_checkpoint(args.out)
-    print(f"{args.out}: fires {checkpoint.arch['fires']}, {count_params(model):,} parameters")
+    wide = widen_checkpoint(source, args.out, args.squeeze_factor, seed=args.seed)
+    print(f"{args.out}: fires {wide.sync_config().fires}, {count_params(wide):,} parameters")
 
 
 if __name__ == "__main__":

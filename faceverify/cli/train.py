@@ -87,7 +87,7 @@ def _train_arguments(tr: argparse.ArgumentParser) -> None:
     # TrainConfig.compile is True: the flag turns it off
     tr.add_argument("--no-compile", action="store_true", help="eager PyTorch: no compile, ~30 %% slower")
     tr.add_argument(
-        "--bf16", action="store_true", help="bf16 autocast of the forward (ResNet-50: 1.8x faster on AMX)"
+        "--bf16", action="store_true", help="bf16 autocast of the forward (2x faster on some CPUs)"
     )
 
 
