@@ -52,14 +52,18 @@ class PruneConfig:
     val_fraction: float = 0.1
     seed: int = 0
     threads: int = 2
+    # bf16 autocast of the fine-tuning forward on the CPU (as TrainConfig.bf16: 2x on AVX512-BF16 machines).
+    bf16: bool = False
 
     def to_json(self) -> dict[str, object]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
-def _loss(model: FaceEmbedder, batch: object) -> torch.Tensor:
+def _loss(model: FaceEmbedder, batch: object, bf16: bool = False) -> torch.Tensor:
     x, targets = batch  # type: ignore[misc]
-    return distillation_loss(model(x), targets)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and x.device.type == "cpu"):
+        embeddings = model(x)
+    return distillation_loss(embeddings.float(), targets)[0]
 
 
 def finetune(
@@ -74,7 +78,7 @@ def finetune(
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        loss = _loss(model, data.batch(seed_step + step, config.batch_size, config.seed))
+        loss = _loss(model, data.batch(seed_step + step, config.batch_size, config.seed), config.bf16)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

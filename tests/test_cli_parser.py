@@ -45,6 +45,10 @@ def test_prune_flags_left_unset_give_prune_configs_defaults() -> None:
     assert args.levels == list(PruneConfig.levels)  # a list, as argparse gives for --levels
     config = prune_config(args, checkpoint=DENSE, crops_root=CROPS)
     assert config == PruneConfig(run_dir=RUN, checkpoint=DENSE, crops_root=CROPS)
+    bf16 = prune_config(
+        parse("prune", str(DENSE), "--run-dir", str(RUN), "--bf16"), checkpoint=DENSE, crops_root=CROPS
+    )
+    assert bf16.bf16 and not config.bf16
 
 
 def test_quantize_flags_left_unset_give_quant_configs_defaults() -> None:

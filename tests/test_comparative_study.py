@@ -51,6 +51,7 @@ def _prune(dense: Path, run_dir: Path, crops: Path, criterion: str, round_to: in
         batch_size=8,
         val_fraction=0.5,
         round_to=round_to,
+        bf16=True,  # the CPU schedule's fine-tuning as it is run: bf16 autocast through every block type
     )
     return prune(config, progress=False)
 

@@ -125,6 +125,11 @@ def _prune_arguments(pr: argparse.ArgumentParser) -> None:
     )
     pr.add_argument("--threads", type=positive_int, default=default("threads"))
     pr.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 autocast of the fine-tuning forward (2x faster on some CPUs)",
+    )
+    pr.add_argument(
         "--val-fraction",
         type=float,
         default=default("val_fraction"),
@@ -245,4 +250,5 @@ def prune_config(args: argparse.Namespace, *, checkpoint: Path, crops_root: Path
         threads=args.threads,
         val_fraction=args.val_fraction,
         seed=args.seed,
+        bf16=args.bf16,
     )
