@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -63,15 +64,17 @@ def measure(
     store: ModelStore,
     benchmark: Benchmark | None = None,
     latency_iters: tuple[int, int] = (200, 20),
+    flip_fusion: bool = False,
 ) -> dict[str, object]:
-    """Every figure of one checkpoint; cached by its hash. An entry written before a figure was added
-    gets the missing accuracy figures only (its latencies stay: they were timed on a quiet machine)."""
-    key = sha256_file(checkpoint)[:16]
+    """Every figure of one checkpoint; cached by its hash (and whether the graph fuses the mirror image). An
+    entry written before a figure was added gets the missing accuracy figures only (its latencies stay: they
+    were timed on a quiet machine)."""
+    key = sha256_file(checkpoint)[:16] + ("-flip" if flip_fusion else "")
     if key in cache and all(k in cache[key] for k in ACCURACY_KEYS):
         return cache[key]
     earlier = cache.get(key, {})
     benchmark = benchmark or default_benchmark()
-    with measured(checkpoint, benchmark, store=store) as m:
+    with measured(checkpoint, benchmark, store=store, flip_fusion=flip_fusion) as m:
         from pruning.models import count_flops, count_params
 
         record = m.checkpoint.record or {}
@@ -240,7 +243,20 @@ def main() -> None:
     parser.add_argument("--dense", type=Path, required=True)
     parser.add_argument("--run", action="append", default=[], help="criterion=RUN_DIR (repeatable)")
     parser.add_argument("--out", type=Path, default=ROOT / "reports")
+    parser.add_argument(
+        "--flip-fusion",
+        action="store_true",
+        help="measure every network as published with --flip-fusion (crop and mirror fused in the graph)",
+    )
+    parser.add_argument(
+        "--published",
+        action="append",
+        default=[],
+        metavar="ROW=VARIANT",
+        help="a row that is in the store, e.g. taylor-30=squeezerfacenet-taylor-30@9 (repeatable)",
+    )
     args = parser.parse_args()
+    published = dict(spec.split("=", 1) for spec in args.published)
 
     out_dir = args.out / "pruning"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -248,7 +264,8 @@ def main() -> None:
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     store = ModelStore()
 
-    rows = [{"criterion": "dense", "variant": "dense", **measure(args.dense, cache, store)}]
+    flip = args.flip_fusion
+    rows = [{"criterion": "dense", "variant": "dense", **measure(args.dense, cache, store, flip_fusion=flip)}]
     cache_path.write_text(json.dumps(cache, indent=2) + "\n")
     analyses = {}
     for spec in args.run:
@@ -259,7 +276,7 @@ def main() -> None:
                 {
                     "criterion": criterion,
                     "variant": f"{criterion}-{checkpoint.stem[6:]}",
-                    **measure(checkpoint, cache, store),
+                    **measure(checkpoint, cache, store, flip_fusion=flip),
                 }
             )
             cache_path.write_text(json.dumps(cache, indent=2) + "\n")
@@ -277,19 +294,20 @@ def main() -> None:
     lines = [
         "# Taylor pruning of SqueezeFaceNet",
         "",
-        f"`python bench/pruning_report.py --dense {args.dense} "
-        + " ".join(f"--run {r}" for r in args.run)
-        + "`",
+        "`python bench/pruning_report.py " + " ".join(sys.argv[1:]) + "`",
         "",
-        "LFW View 2 10-fold accuracy through the evaluation harness on each variant's exported ONNX;",
-        "threshold for FMR = 1e-3 calibrated on held-out validation identities (not LFW);",
+        "LFW View 2 10-fold accuracy through the evaluation harness on each variant's exported ONNX"
+        + (" (crop and mirror image fused inside the graph, as published)" if flip else "")
+        + ";",
+        "threshold and validation TAR at FMR = 1e-3 on held-out validation identities (not LFW);",
         "latency = ONNX Runtime, 1 thread (why it falls less than FLOPs: `channel_alignment.md`).",
-        "The taylor-XX rows are published as `squeezerfacenet-taylor-XX@1`, taylor-r16-30 (`--round-to 16`)",
-        "as `squeezerfacenet-taylor-30@2` (alias `squeezerfacenet`); baselines are not published.",
+        "Published rows: "
+        + (", ".join(f"{row} as `{variant}`" for row, variant in published.items()) or "none")
+        + "; the others are not in the store.",
         "",
         "| variant | filters removed | params | FLOPs (M) | ONNX (KB) | ms b1 | ms b32 | LFW acc "
-        "| Δ vs dense (pp) | TAR@FAR1e-3 | threshold |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Δ vs dense (pp) | TAR@FAR1e-3 | val TAR@FMR1e-3 | threshold |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         delta = 100 * (r["lfw_accuracy"] - dense["lfw_accuracy"])
@@ -298,7 +316,8 @@ def main() -> None:
             f"{r['flops'] / 1e6:.1f} | "
             f"{r['onnx_kb']:.0f} | {r['latency_b1_ms']:.2f} | {r['latency_b32_ms']:.1f} | "
             f"{100 * r['lfw_accuracy']:.2f} ± {100 * r['lfw_accuracy_std']:.2f} | {delta:+.2f} | "
-            f"{r['lfw_tar_at_far_1e-3']:.3f} | {r['threshold_fmr_1e-3']:.3f} |"
+            f"{r['lfw_tar_at_far_1e-3']:.3f} | {r['val_tar_at_fmr_1e-3']:.3f} | "
+            f"{r['threshold_fmr_1e-3']:.3f} |"
         )
     lines += ["", *within_tolerance(rows, tolerance_pp=0.5)]
     lines += [
