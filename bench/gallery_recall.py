@@ -193,9 +193,10 @@ def write_report(result: dict, out: Path) -> None:
         "",
         "Fillers: `isotropic` = bench/gallery.py's random unit vectors; `real` = the default variant's "
         "embeddings of the training crop cache's real faces; `fitted` = unit vectors from a Gaussian with "
-        "the mean and covariance of the `real` ones. Geometry: mean cosine between two fillers, and the mean "
-        "over probes of the best filler score (the closest impostor). Latency: `PostgresGallery.search` "
-        "(HNSW candidates re-ranked exactly, top 5), every probe once.",
+        "the mean and covariance of the `real` ones; `mixup` = unit vectors between two random `real` ones "
+        "(normalise(a e_i + (1 - a) e_j), a ~ U(0.2, 0.8)). Geometry: mean cosine between two fillers, and "
+        "the mean over probes of the best filler score (the closest impostor). Latency: "
+        "`PostgresGallery.search` (HNSW candidates re-ranked exactly, top 5), every probe once.",
         "",
         "![recall](gallery_recall.png)",
         "",

@@ -54,3 +54,16 @@ def test_api_pg_settings_point_at_the_database() -> None:
     assert url.username == db_env["POSTGRES_USER"] and url.password == db_env["POSTGRES_PASSWORD"]
     assert url.path == "/" + db_env["POSTGRES_DB"]
     assert "${POSTGRES_PASSWORD" in api["environment"]["FACEVERIFY_GALLERY_URL"]  # not a fixed secret
+
+
+def test_postgres_keeps_a_large_index_in_its_buffers() -> None:
+    """The image's 128 MB of shared_buffers would read a 1M-template HNSW index (~1.3 GB) from the OS on every
+    search; the parallel index build needs more than Docker's 64 MB of /dev/shm."""
+    db = compose()["services"]["postgres"]
+    command = [expand(str(part)) for part in db["command"]]
+    assert command[0] == "postgres"
+    options = dict(value.split("=", 1) for value in command[2::2])
+    assert set(command[1::2]) == {"-c"}
+    assert options["shared_buffers"].endswith("GB") and int(options["shared_buffers"][:-2]) >= 1
+    assert "maintenance_work_mem" in options
+    assert db["shm_size"].lower().endswith("g")
