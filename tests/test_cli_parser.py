@@ -49,6 +49,10 @@ def test_prune_flags_left_unset_give_prune_configs_defaults() -> None:
         parse("prune", str(DENSE), "--run-dir", str(RUN), "--bf16"), checkpoint=DENSE, crops_root=CROPS
     )
     assert bf16.bf16 and not config.bf16
+    gentle = prune_config(
+        parse("prune", str(DENSE), "--run-dir", str(RUN), "--lr", "1e-4"), checkpoint=DENSE, crops_root=CROPS
+    )
+    assert gentle.lr == 1e-4 and config.lr == PruneConfig.lr
 
 
 def test_quantize_flags_left_unset_give_quant_configs_defaults() -> None:

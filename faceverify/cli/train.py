@@ -115,6 +115,7 @@ def _prune_arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--finetune-steps", type=int, default=default("finetune_steps"))
     pr.add_argument("--final-finetune-steps", type=int, default=default("final_finetune_steps"))
     pr.add_argument("--batch-size", type=int, default=default("batch_size"))
+    pr.add_argument("--lr", type=float, default=default("lr"), help="peak learning rate of each fine-tuning")
     # unset: PruneConfig's (no ignored layers); given without names: none either
     pr.add_argument("--ignored-layers", nargs="*", help="layers that keep every filter (e.g. stem)")
     pr.add_argument(
@@ -245,6 +246,7 @@ def prune_config(args: argparse.Namespace, *, checkpoint: Path, crops_root: Path
         finetune_steps=args.finetune_steps,
         final_finetune_steps=args.final_finetune_steps,
         batch_size=args.batch_size,
+        lr=args.lr,
         ignored_layers=args.ignored_layers or [],
         round_to=args.round_to,
         threads=args.threads,
