@@ -37,7 +37,7 @@ class PostgresOptions:
     pool_size: int = 4  # connections per process
     search: SearchMode = "hnsw"
     # Templates the HNSW index hands over for exact re-ranking (its hnsw.ef_search, which bounds them).
-    candidates: int = 100
+    candidates: int = 200
     connect_timeout_s: float = 5.0
 
 
