@@ -102,8 +102,9 @@ class Settings(BaseSettings):
     # candidates re-ranked exactly) or "exact" (a scan of every template of the variant).
     gallery_pool_size: int = Field(default=4, ge=1, le=100)
     gallery_search: Literal["hnsw", "exact"] = "hnsw"
-    # Templates the HNSW index returns for re-ranking (its ef_search); more: higher recall, slower. 200: recall@1
-    # 0.998 among 100k real faces (100: 0.987), 0.97 at 1M; 400 for ≥ 0.99 at 1M (reports/gallery_1m/).
+    # Templates the HNSW index returns for re-ranking (its ef_search); more: higher recall, slower.
+    # 200: recall@1 0.998 among 100k real faces (100: 0.987), 0.97 at 1M; 400 for ≥ 0.99 at 1M
+    # (reports/gallery_1m/).
     gallery_hnsw_candidates: int = Field(default=200, ge=1, le=1000)
 
     def preprocess_spec(self) -> PreprocessSpec:
