@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -164,19 +165,32 @@ def real_faces(work: Path, lfw_identities: int) -> dict:
     return result
 
 
-def synthetic(work: Path, count: int, dim: int) -> np.ndarray:
-    """``count`` random unit vectors (isotropic: every direction equally likely), memory-mapped."""
-    path = work / f"synthetic-{count}x{dim}.npy"
+def cached_unit_vectors(
+    path: Path, count: int, dim: int, draw: Callable[[np.random.Generator, int], np.ndarray]
+) -> np.ndarray:
+    """``count`` unit vectors, memory-mapped from ``path``; written once if missing (renamed into place when
+    complete) from ``draw(rng, n)``, n raw vectors at a time, with the generator seeded by ``count``."""
     if not path.exists():
         rng = np.random.default_rng(count)
-        out = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), "w+", np.float32, (count, dim))
+        tmp = path.with_suffix(".tmp.npy")
+        out = np.lib.format.open_memmap(tmp, "w+", np.float32, (count, dim))
         for start in range(0, count, 100_000):
-            block = rng.standard_normal((min(100_000, count - start), dim)).astype(np.float32)
-            out[start : start + block.shape[0]] = block / np.linalg.norm(block, axis=1, keepdims=True)
+            block = draw(rng, min(100_000, count - start))
+            out[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
         out.flush()
         del out
-        path.with_suffix(".tmp.npy").rename(path)
+        tmp.rename(path)
     return np.load(path, mmap_mode="r")
+
+
+def synthetic(work: Path, count: int, dim: int) -> np.ndarray:
+    """``count`` random unit vectors (isotropic: every direction equally likely), memory-mapped."""
+    return cached_unit_vectors(
+        work / f"synthetic-{count}x{dim}.npy",
+        count,
+        dim,
+        lambda rng, n: rng.standard_normal((n, dim)).astype(np.float32),
+    )
 
 
 def exact_truth(faces: dict, noise: np.ndarray) -> tuple[list[str], np.ndarray]:

@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from gallery import (  # noqa: E402  # bench/gallery.py, this script's sibling
     DEFAULT_WORK,
     PG_SETTINGS,
+    cached_unit_vectors,
     exact_truth,
     fill_postgres,
     paused,
@@ -90,21 +91,14 @@ def training_embeddings(work: Path, crops_root: Path) -> np.ndarray:
 
 def fitted(work: Path, real: np.ndarray, count: int) -> np.ndarray:
     """``count`` unit vectors from N(mean, cov) of ``real``, normalised; memory-mapped, cached."""
-    path = work / f"fitted-{count}x{real.shape[1]}-{len(real)}.npy"
-    if not path.exists():
-        mean = real.astype(np.float64).mean(axis=0)
-        chol = np.linalg.cholesky(np.cov(real.astype(np.float64), rowvar=False))
-        rng = np.random.default_rng(count)
-        tmp = path.with_suffix(".tmp.npy")
-        out = np.lib.format.open_memmap(tmp, "w+", np.float32, (count, real.shape[1]))
-        for start in range(0, count, 100_000):
-            z = rng.standard_normal((min(100_000, count - start), real.shape[1]))
-            block = mean + z @ chol.T
-            out[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
-        out.flush()
-        del out
-        tmp.rename(path)
-    return np.load(path, mmap_mode="r")
+    mean = real.astype(np.float64).mean(axis=0)
+    chol = np.linalg.cholesky(np.cov(real.astype(np.float64), rowvar=False))
+    return cached_unit_vectors(
+        work / f"fitted-{count}x{real.shape[1]}-{len(real)}.npy",
+        count,
+        real.shape[1],
+        lambda rng, n: mean + rng.standard_normal((n, real.shape[1])) @ chol.T,
+    )
 
 
 def mixup(work: Path, real: np.ndarray, count: int) -> np.ndarray:
@@ -112,22 +106,16 @@ def mixup(work: Path, real: np.ndarray, count: int) -> np.ndarray:
     0.8). Unlike ``fitted`` they keep the real embeddings' local structure (each lies on a chord of the face
     manifold), so they can stand in for more faces than exist here once they behave like ``real`` at 100k
     (checked in the report, not assumed). Memory-mapped, cached."""
-    path = work / f"mixup-{count}x{real.shape[1]}-{len(real)}.npy"
-    if not path.exists():
-        rng = np.random.default_rng(count)
-        tmp = path.with_suffix(".tmp.npy")
-        out = np.lib.format.open_memmap(tmp, "w+", np.float32, (count, real.shape[1]))
-        for start in range(0, count, 100_000):
-            n = min(100_000, count - start)
-            first = rng.integers(0, len(real), n)
-            second = (first + rng.integers(1, len(real), n)) % len(real)  # never the same face twice
-            a = rng.uniform(0.2, 0.8, (n, 1))
-            block = a * real[first] + (1 - a) * real[second]
-            out[start : start + n] = block / np.linalg.norm(block, axis=1, keepdims=True)
-        out.flush()
-        del out
-        tmp.rename(path)
-    return np.load(path, mmap_mode="r")
+
+    def draw(rng: np.random.Generator, n: int) -> np.ndarray:
+        first = rng.integers(0, len(real), n)
+        second = (first + rng.integers(1, len(real), n)) % len(real)  # never the same face twice
+        a = rng.uniform(0.2, 0.8, (n, 1))
+        return a * real[first] + (1 - a) * real[second]
+
+    return cached_unit_vectors(
+        work / f"mixup-{count}x{real.shape[1]}-{len(real)}.npy", count, real.shape[1], draw
+    )
 
 
 def fillers(kind: str, size: int, work: Path, real: np.ndarray) -> np.ndarray:
