@@ -17,6 +17,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +26,9 @@ import onnxruntime as ort
 
 from model_store import ModelStore
 from model_store.store import sha256_file
+from pruning.checkpoint import load_checkpoint
 from pruning.data.paths import data_root
+from pruning.export import export_onnx
 from pruning.publish import Benchmark, measured
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +55,14 @@ def latency_ms(onnx_path: Path, batch: int, iters: int) -> float:
 ACCURACY_KEYS = ("lfw_accuracy", "lfw_fold_accuracies", "val_tar_at_fmr_1e-3")
 
 
+def latencies(onnx_path: Path, iters: tuple[int, int]) -> dict[str, float]:
+    """The two latencies every row reports: batch 1 and batch 32, ``iters`` calls each."""
+    return {
+        "latency_b1_ms": latency_ms(onnx_path, 1, iters[0]),
+        "latency_b32_ms": latency_ms(onnx_path, 32, iters[1]),
+    }
+
+
 def default_benchmark() -> Benchmark:
     """LFW View 2 (benchmark only) and the project's crop cache (validation identities)."""
     root = data_root()
@@ -65,12 +76,20 @@ def measure(
     benchmark: Benchmark | None = None,
     latency_iters: tuple[int, int] = (200, 20),
     flip_fusion: bool = False,
+    retime: bool = False,
 ) -> dict[str, object]:
     """Every figure of one checkpoint; cached by its hash (and whether the graph fuses the mirror image). An
     entry written before a figure was added gets the missing accuracy figures only (its latencies stay: they
-    were timed on a quiet machine)."""
+    were timed on a quiet machine). ``retime``: time it again whatever the cache holds (latencies first taken
+    while other jobs ran on the cores); cached accuracy figures are kept."""
     key = sha256_file(checkpoint)[:16] + ("-flip" if flip_fusion else "")
     if key in cache and all(k in cache[key] for k in ACCURACY_KEYS):
+        if retime:
+            model, _ = load_checkpoint(checkpoint)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "model.onnx"
+                export_onnx(model, path, flip_fusion=flip_fusion)
+                cache[key] |= latencies(path, latency_iters)
         return cache[key]
     earlier = cache.get(key, {})
     benchmark = benchmark or default_benchmark()
@@ -79,11 +98,8 @@ def measure(
 
         record = m.checkpoint.record or {}
         timed = {k: earlier[k] for k in ("latency_b1_ms", "latency_b32_ms") if k in earlier}
-        if len(timed) < 2:
-            timed = {
-                "latency_b1_ms": latency_ms(m.onnx_path, 1, latency_iters[0]),
-                "latency_b32_ms": latency_ms(m.onnx_path, 32, latency_iters[1]),
-            }
+        if len(timed) < 2 or retime:
+            timed = latencies(m.onnx_path, latency_iters)
         cache[key] = {
             "checkpoint": str(checkpoint),
             "params": count_params(m.model),
@@ -103,24 +119,6 @@ def measure(
             "filters": record.get("filters"),
         }
     return cache[key]
-
-
-def retime(
-    checkpoint: Path, entry: dict, flip_fusion: bool, latency_iters: tuple[int, int] = (200, 20)
-) -> None:
-    """Time ``checkpoint``'s ONNX again (accuracy figures stay cached): for latencies first taken while other
-    jobs ran on the cores."""
-    import tempfile
-
-    from pruning.checkpoint import load_checkpoint
-    from pruning.export import export_onnx
-
-    model, _ = load_checkpoint(checkpoint)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        export_onnx(model, path, flip_fusion=flip_fusion)
-        entry["latency_b1_ms"] = latency_ms(path, 1, latency_iters[0])
-        entry["latency_b32_ms"] = latency_ms(path, 32, latency_iters[1])
 
 
 def layer_order_analysis(history: list[dict], original: dict[str, int]) -> dict[str, object]:
@@ -288,10 +286,7 @@ def main() -> None:
     flip = args.flip_fusion
 
     def measured_row(checkpoint: Path) -> dict[str, object]:
-        entry = measure(checkpoint, cache, store, flip_fusion=flip)
-        if args.retime:
-            retime(checkpoint, entry, flip)
-        return entry
+        return measure(checkpoint, cache, store, flip_fusion=flip, retime=args.retime)
 
     rows = [{"criterion": "dense", "variant": "dense", **measured_row(args.dense)}]
     cache_path.write_text(json.dumps(cache, indent=2) + "\n")
