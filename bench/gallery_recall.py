@@ -144,6 +144,16 @@ def geometry(vectors: np.ndarray, probes: np.ndarray) -> dict[str, float]:
     }
 
 
+def _index(row: dict) -> str:
+    # Rows measured before the index went to halfvec (service/gallery/postgres.py) carry no "index" field.
+    return str(row.get("index", "vector"))
+
+
+def _build(row: dict) -> tuple[int, int, int, int, str]:
+    """What identifies one index build: its gallery and its parameters."""
+    return (row["size"], KINDS.index(row["kind"]), row["m"], row["ef_construction"], _index(row))
+
+
 def write_report(result: dict, out: Path) -> None:
     import matplotlib
 
@@ -152,11 +162,11 @@ def write_report(result: dict, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "gallery_recall.json").write_text(json.dumps(result, indent=2) + "\n")
-    rows = sorted(result["rows"], key=lambda r: (r["size"], KINDS.index(r["kind"]), r["m"], r["candidates"]))
+    rows = sorted(result["rows"], key=lambda r: (*_build(r), r["candidates"]))
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for key in sorted({(r["kind"], r["size"], r["m"], r["ef_construction"]) for r in rows}):
-        pts = [r for r in rows if (r["kind"], r["size"], r["m"], r["ef_construction"]) == key]
-        label = f"{key[0]} {key[1]:,} (m={key[2]}, ef_c={key[3]})"
+    for key in sorted({_build(r) for r in rows}):
+        pts = [r for r in rows if _build(r) == key]
+        label = f"{KINDS[key[1]]} {key[0]:,} ({key[4]}, m={key[2]}, ef_c={key[3]})"
         left.plot([r["candidates"] for r in pts], [r["recall_at_1"] for r in pts], "o-", label=label)
         right.plot([r["identify_p50_ms"] for r in pts], [r["recall_at_1"] for r in pts], "o-", label=label)
     for ax, xlabel in ((left, "candidates (hnsw.ef_search)"), (right, "identify p50 ms")):
@@ -184,23 +194,25 @@ def write_report(result: dict, out: Path) -> None:
         "the mean and covariance of the `real` ones; `mixup` = unit vectors between two random `real` ones "
         "(normalise(a e_i + (1 - a) e_j), a ~ U(0.2, 0.8)). Geometry: mean cosine between two fillers, and "
         "the mean over probes of the best filler score (the closest impostor). Latency: "
-        "`PostgresGallery.search` (HNSW candidates re-ranked exactly, top 5), every probe once.",
+        "`PostgresGallery.search` (HNSW candidates re-ranked exactly, top 5), every probe once per pass "
+        "(the last column says how many passes).",
         "",
         "![recall](gallery_recall.png)",
         "",
-        "| fillers | templates | filler pair cos | probe's best filler | HNSW m / ef_construction | build s "
-        "| candidates | identify p50 ms | p99 ms | recall@1 (all / passing) | exact top-1 is a filler "
-        "| background |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| fillers | templates | filler pair cos | probe's best filler | index | HNSW m / ef_construction "
+        "| build s | candidates | identify p50 ms | p99 ms | recall@1 (all / passing) "
+        "| exact top-1 is a filler | background, passes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         g = result["geometry"][f"{r['kind']}:{r['size']}"]
         lines.append(
             f"| {r['kind']} | {r['size']:,} + {result['planted']} | {g['mean_pair_cosine']:.3f} | "
-            f"{g['mean_best_filler_score']:.3f} | {r['m']} / {r['ef_construction']} | "
+            f"{g['mean_best_filler_score']:.3f} | {_index(r)} | {r['m']} / {r['ef_construction']} | "
             f"{r['index_build_s']:.0f} | {r['candidates']} | {r['identify_p50_ms']:.2f} | "
             f"{r['identify_p99_ms']:.2f} | {r['recall_at_1']:.4f} / {r['recall_at_1_passing']:.4f} | "
-            f"{r['filler_top1_share']:.3f} | {'paused' if r['paused'] else 'running (latency inflated)'} |"
+            f"{r['filler_top1_share']:.3f} | {'paused' if r['paused'] else 'running (latency inflated)'}, "
+            f"{r.get('passes', 1)} pass{'es' if r.get('passes', 1) > 1 else ''} |"
         )
     if result.get("enrolment"):
         lines += [
@@ -234,6 +246,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "reports")
     parser.add_argument("--pg-dir", type=Path, default=Path("/var/tmp/faceverify-bench-recall-pg"))
     parser.add_argument("--lfw-identities", type=int, default=500)
+    parser.add_argument(
+        "--passes", type=int, default=1, help="times each probe is searched per candidate count"
+    )
     parser.add_argument("--no-pause", action="store_true")
     args = parser.parse_args()
 
@@ -267,12 +282,18 @@ def main() -> None:
                 pg.psql(f"DROP DATABASE IF EXISTS {db}", "postgres")
                 pg.psql(f"CREATE DATABASE {db}", "postgres")
                 print(f"{db}: filling PostgreSQL", flush=True)
-                result["builds"][db] = fill_postgres(pg.url(db), key, ref, vectors, (m, ef_construction))
+                # fill_postgres builds the service's index: halfvec since migration 0002
+                result["builds"][f"{db} (halfvec)"] = fill_postgres(
+                    pg.url(db), key, ref, vectors, (m, ef_construction)
+                )
                 saved.parent.mkdir(parents=True, exist_ok=True)
                 saved.write_text(json.dumps(result, indent=2) + "\n")
             plant_postgres(pg.url(db), key, ref, faces)
             pg.psql("VACUUM ANALYZE templates", db)
             truth, passing = exact_truth(faces, vectors)
+            indexdef = pg.psql("SELECT indexdef FROM pg_indexes WHERE indexname LIKE 'templates_hnsw_%'", db)
+            index = "halfvec" if "halfvec_cosine_ops" in indexdef else "vector"
+            build = db if index == "vector" else f"{db} ({index})"  # builds before halfvec keep their key
             with paused(f"{db} sweep", not args.no_pause):
                 # One untimed pass at the most candidates first: a served index is warm (in shared_buffers),
                 # and a cold one would charge its page reads to whichever candidate count ran first.
@@ -280,29 +301,35 @@ def main() -> None:
                 run_worker([warm, pg.url(db), str(faces_path), str(size), "0", "0"])
                 for candidates in args.candidates:
                     row = run_worker(
-                        [f"sweep:{candidates}", pg.url(db), str(faces_path), str(size), "0", "0"]
+                        [
+                            f"sweep:{candidates}:{args.passes}",
+                            pg.url(db),
+                            str(faces_path),
+                            str(size),
+                            "0",
+                            "0",
+                        ]
                     )
                     top1 = row.pop("top1")
                     row.update(
                         kind=kind,
                         m=m,
                         ef_construction=ef_construction,
-                        index_build_s=result["builds"].get(db, {}).get("index_build_s", float("nan")),
+                        index=index,
+                        index_build_s=result["builds"].get(build, {}).get("index_build_s", float("nan")),
                         **recalls(top1, truth, passing),
                         filler_top1_share=float(np.mean([t.startswith("synthetic-") for t in truth])),
                         paused=not args.no_pause,
+                        passes=args.passes,
                     )
                     print(f"  {json.dumps(row)}", flush=True)
-                    same = (kind, size, m, ef_construction, candidates)
                     result["rows"] = [
-                        r
-                        for r in result["rows"]
-                        if (r["kind"], r["size"], r["m"], r["ef_construction"], r["candidates"]) != same
+                        r for r in result["rows"] if (_build(r), r["candidates"]) != (_build(row), candidates)
                     ] + [row]
                 # Enrolment through the index (each insert searches the graph with ef_construction and links
                 # m neighbours): the write cost of the build parameters. After the sweep: it leaves deletions.
                 writes = run_worker(["postgres-hnsw", pg.url(db), str(faces_path), str(size), "10", "30"])
-                result.setdefault("enrolment", {})[db] = {
+                result.setdefault("enrolment", {})[build] = {
                     k: writes[k] for k in ("enrol_per_s", "enrol_p50_ms") if k in writes
                 }
             command = "python bench/gallery_recall.py " + " ".join(sys.argv[1:])

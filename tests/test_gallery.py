@@ -334,6 +334,45 @@ def test_postgres_refuses_an_edited_migration(postgres_server: PostgresServer, t
         assert gallery_migrations.migrate(conn) == []  # the shipped ones are recorded: nothing to do
 
 
+def test_postgres_migration_rebuilds_a_full_precision_index_in_halfvec(
+    postgres_server: PostgresServer,
+) -> None:
+    """A gallery made by the first schema (a float32 HNSW index) gets a halfvec index with its own build
+    parameters, and its templates are found as before."""
+    url = fresh_database(postgres_server)
+    rng = np.random.default_rng(12)
+    people = [unit(rng) for _ in range(20)]
+    with psycopg.connect(url, autocommit=True) as conn:
+        gallery_migrations.migrate(conn, gallery_migrations.shipped()[:1])
+        conn.execute(
+            "INSERT INTO variants (name, model_sha256, dim) VALUES (%s, %s, 128)", [A.name, A.sha256]
+        )
+        conn.execute(
+            "CREATE INDEX templates_hnsw_1 ON templates"
+            " USING hnsw ((embedding::vector(128)) vector_cosine_ops)"
+            " WITH (m = 8, ef_construction = 40) WHERE variant_id = 1"
+        )
+        for i, v in enumerate(people):
+            conn.execute(
+                "INSERT INTO templates (user_id, variant_id, model_ref, embedding) VALUES (%s, 1, 's@1', %s)",
+                (f"person{i}", "[" + ",".join(map(str, v)) + "]"),
+            )
+    gallery = PostgresGallery(url, PostgresOptions(candidates=10))  # applies the pending migrations
+    try:
+        indexdef = postgres_server.psql(
+            "SELECT pg_get_indexdef('templates_hnsw_1'::regclass)", url.rsplit("/", 1)[1]
+        )
+        assert "halfvec_cosine_ops" in indexdef and "m='8'" in indexdef and "ef_construction='40'" in indexdef
+        assert "templates_hnsw_1" in gallery.explain(A, people[3], 1)
+        best = gallery.search(A, near(people[3], rng), 1)[0]
+        assert best.user_id == "person3"
+        # the score is the exact float32 cosine, not the index's half-precision one
+        probe = near(people[3], rng)
+        assert gallery.search(A, probe, 1)[0].score == pytest.approx(float(probe @ people[3]), abs=1e-5)
+    finally:
+        gallery.close()
+
+
 def test_postgres_search_uses_the_hnsw_index_and_agrees_with_exact(postgres_server: PostgresServer) -> None:
     url = fresh_database(postgres_server)
     # 100 candidates: asked for the default 200 out of these 3,041 templates, the planner rightly prefers an
