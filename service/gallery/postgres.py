@@ -23,15 +23,15 @@ from service.gallery.migrations import migrate
 SearchMode = Literal["hnsw", "exact"]
 
 # The index holds half-precision copies of the embeddings (pgvector's halfvec): at 1M templates it walks
-# ~10 % faster than a full-precision graph at the same candidate count and is a quarter smaller, and the
-# candidates are re-ranked by their exact float32 cosine, so the answer keeps full precision
-# (reports/gallery_1m/gallery_recall.md).
-# HNSW build parameters. pgvector's defaults (m=16, ef_construction=64) found the exact best match for only
-# 0.972 of real face probes among 100k real face templates at 100 candidates (0.79 among isotropic fillers);
-# this denser graph 0.998 (0.97), for 3.5x slower inserts (~100/s) and a longer build
-# (bench/gallery_recall.py, reports/gallery_recall.md). Applies to indexes created from now on.
+# 7-10 % faster than a full-precision graph at the same candidate count and is a quarter smaller (731 against
+# 981 MB), and the candidates are re-ranked by their exact float32 cosine, so scores keep full precision.
+# Build parameters: pgvector's defaults (m=16, ef_construction=64) found the exact best match for only 0.972
+# of real face probes among 100k real faces at 100 candidates; m=32 0.998. At 1M face-like templates
+# ef_construction=256 reaches recall@1 0.99 at 250-300 candidates in 10-12 ms p50 where 128 needs ~500
+# candidates and ~20 ms, for inserts about as fast (~90/s) and a build twice as long
+# (bench/gallery_recall.py, reports/gallery_1m/gallery_recall.md). Applies to indexes created from now on.
 HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 128
+HNSW_EF_CONSTRUCTION = 256
 # Serialises the creation of a variant row and its index between replicas (any fixed 64-bit number).
 _VARIANT_LOCK_ID = 0x5146_6163_6556_6172  # "QFaceVar"
 
