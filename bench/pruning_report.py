@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from reporting import write_with_reading  # bench/reporting.py (bench/ is on sys.path as a script)
 
 from model_store import ModelStore
 from model_store.store import sha256_file
@@ -352,8 +353,9 @@ def main() -> None:
     ]
     criteria = [r["criterion"] for r in rows]
     for criterion in dict.fromkeys(c for c in criteria if c.startswith("taylor")):
-        if "l1" in criteria:
-            lines += criterion_comparison(rows, criterion, "l1")
+        for baseline in ("l1", "random"):
+            if baseline in criteria:
+                lines += criterion_comparison(rows, criterion, baseline)
     if "taylor" in analyses:
         lines += [
             "## Which layers lose filters first",
@@ -367,7 +369,7 @@ def main() -> None:
             "Spearman ρ(layer width, share removed) by iteration: "
             + ", ".join(f"{k}: {v['spearman_rho']:+.2f}" for k, v in analysis.items() if isinstance(v, dict))
         )
-    (args.out / "pruning.md").write_text("\n".join(lines) + "\n")
+    write_with_reading(args.out / "pruning.md", lines)
     (out_dir / "summary.json").write_text(
         json.dumps({"rows": rows, "layer_analysis": analyses}, indent=2) + "\n"
     )
