@@ -35,6 +35,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from pruning_report import default_benchmark, measure, plot_layers  # bench/ is on sys.path as a script
+from reporting import write_with_reading
 
 from model_store import ModelStore
 from pruning.data.paths import data_root
@@ -331,7 +332,7 @@ def main() -> None:
             lines += [f"![filters per layer, {family}](comparative/filters_per_layer-{family}.png)", ""]
     if analyses:
         lines += ["## Spearman ρ by iteration", "", "![spearman](comparative/spearman.png)", ""]
-    (args.out / "comparative.md").write_text("\n".join(lines))
+    write_with_reading(args.out / "comparative.md", lines)
     (out_dir / "summary.json").write_text(
         json.dumps({"rows": by_family, "layer_order": analyses, "teacher": teacher}, indent=2) + "\n"
     )
