@@ -154,6 +154,11 @@ def _build(row: dict) -> tuple[int, int, int, int, str]:
     return (row["size"], KINDS.index(row["kind"]), row["m"], row["ef_construction"], _index(row))
 
 
+def _build_key(db: str, index: str) -> str:
+    """Key of one index build in the saved results; builds measured before halfvec keep the bare name."""
+    return db if index == "vector" else f"{db} ({index})"
+
+
 def write_report(result: dict, out: Path) -> None:
     import matplotlib
 
@@ -283,7 +288,7 @@ def main() -> None:
                 pg.psql(f"CREATE DATABASE {db}", "postgres")
                 print(f"{db}: filling PostgreSQL", flush=True)
                 # fill_postgres builds the service's index: halfvec since migration 0002
-                result["builds"][f"{db} (halfvec)"] = fill_postgres(
+                result["builds"][_build_key(db, "halfvec")] = fill_postgres(
                     pg.url(db), key, ref, vectors, (m, ef_construction)
                 )
                 saved.parent.mkdir(parents=True, exist_ok=True)
@@ -293,7 +298,7 @@ def main() -> None:
             truth, passing = exact_truth(faces, vectors)
             indexdef = pg.psql("SELECT indexdef FROM pg_indexes WHERE indexname LIKE 'templates_hnsw_%'", db)
             index = "halfvec" if "halfvec_cosine_ops" in indexdef else "vector"
-            build = db if index == "vector" else f"{db} ({index})"  # builds before halfvec keep their key
+            build = _build_key(db, index)
             with paused(f"{db} sweep", not args.no_pause):
                 # One untimed pass at the most candidates first: a served index is warm (in shared_buffers),
                 # and a cold one would charge its page reads to whichever candidate count ran first.

@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     gallery_pool_size: int = Field(default=4, ge=1, le=100)
     gallery_search: Literal["hnsw", "exact"] = "hnsw"
     # Templates the HNSW index returns for re-ranking (its ef_search); more: higher recall, slower.
-    # 200: recall@1 0.998 among 100k real faces (100: 0.987), 0.97 at 1M; 400 for ≥ 0.99 at 1M
+    # 200: recall@1 0.998 among 100k real faces (100: 0.987), 0.985 at 1M; 300 for ≥ 0.99 at 1M
     # (reports/gallery_1m/).
     gallery_hnsw_candidates: int = Field(default=200, ge=1, le=1000)
 
