@@ -268,6 +268,34 @@ def test_distillation_run_resumes_and_exports(crops_root: Path, tmp_path: Path) 
     assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
 
 
+def test_identity_pairs_join_the_batch_and_the_margin_term_prefers_the_teacher(
+    crops_root: Path, tmp_path: Path
+) -> None:
+    """--identity-pairs: the last rows of a batch are same-identity pairs of training faces, the rest is the
+    plain batch; the margin term is lower for the teacher's targets (which tell the people apart) than for
+    the same targets shuffled across faces, and a run logs it."""
+    from pruning.train import DistillationData, identity_margin_loss
+
+    data = DistillationData.load(crops_root, val_fraction=0.5)
+    x, targets, identity = data.labelled_batch(3, 8, 2, seed=0)
+    plain_x, plain_targets = data.batch(3, 4, seed=0)
+    assert torch.equal(x[:4], plain_x) and torch.equal(targets[:4], plain_targets)
+    assert identity[4] == identity[5] >= 0 and identity[6] == identity[7] >= 0 and identity[4] != identity[6]
+    teacher = identity_margin_loss(targets, identity, 2, margin=0.2, temperature=0.1)
+    shuffled_targets = targets[[4, 6, 0, 1, 5, 2, 7, 3]]
+    shuffled = identity_margin_loss(shuffled_targets, identity, 2, margin=0.2, temperature=0.1)
+    assert teacher < shuffled
+    config = tiny_run(tmp_path / "id", crops_root)
+    config.identity_pairs, config.max_steps, config.val_every = 2, 10, 10  # a record every 10 steps
+    train(config, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "id" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["id"] > 0 for r in records if "loss" in r) and any("loss" in r for r in records)
+    config = tiny_run(tmp_path / "too-many", crops_root)
+    config.identity_pairs = 4  # 8 faces: no room left for the plain batch
+    with pytest.raises(ValueError, match="do not fit"):
+        train(config, progress=False)
+
+
 def test_gdc_run_from_a_gap_checkpoint_exports_with_parity(crops_root: Path, tmp_path: Path) -> None:
     gap_run = tiny_run(tmp_path / "gap", crops_root)
     train(gap_run, progress=False)

@@ -75,6 +75,15 @@ def _train_arguments(tr: argparse.ArgumentParser) -> None:
         "--family",
         help="architecture of a fresh student: squeezefacenet (default), mobilenetv2 or resnet50",
     )
+    tr.add_argument(
+        "--identity-pairs",
+        type=int,
+        default=default("identity_pairs"),
+        metavar="K",
+        help="K same-identity pairs of labelled faces in every batch, held together by a margin term",
+    )
+    tr.add_argument("--identity-weight", type=float, default=default("identity_weight"))
+    tr.add_argument("--identity-margin", type=float, default=default("identity_margin"))
     tr.add_argument("--max-steps", type=int, default=default("max_steps"))
     tr.add_argument("--val-every", type=int, default=default("val_every"))
     tr.add_argument("--seed", type=int, default=default("seed"))
@@ -193,6 +202,9 @@ def train_config(args: argparse.Namespace, *, crops_root: Path, init: Path | Non
         seed=args.seed,
         pooling=args.pooling,
         refit_head=args.refit_head,
+        identity_pairs=args.identity_pairs,
+        identity_weight=args.identity_weight,
+        identity_margin=args.identity_margin,
         arch={"family": args.family} if args.family else {},
     )
 
