@@ -22,6 +22,14 @@ it) and cumulatively (original width, share removed so far) — and a per-unit f
 confirmed for a network when the last iteration's cumulative ρ > 0 at p < 0.05, refuted when ρ < 0 at
 p < 0.05, and otherwise not shown.
 
+That ρ is not against "no order": the schedule itself favours wide units. ``round_to`` lets a unit give up
+filters only in whole multiples, which wide units complete first, and the per-layer ℓ2 normalisation of
+Taylor and L1 scores (Molchanov 2017) scales each unit's scores by about 1/sqrt(width). So each run is also
+set against two null schedules run by the same ``lowest_filters`` on the same widths with uninformative
+(i.i.d. uniform) scores — ``rounding`` (raw, as the random criterion) and ``rounding + ℓ2`` (normalised, as
+Taylor and L1) — and the finding is credited to the network only where its ρ exceeds the null's (one-sided
+p = share of simulated schedules with ρ at least the run's).
+
 Writes reports/comparative.md and reports/comparative/*.{json,png}.
 """
 
@@ -32,6 +40,7 @@ import itertools
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from pruning_report import default_benchmark, measure, plot_layers  # bench/ is on sys.path as a script
@@ -39,6 +48,8 @@ from reporting import write_with_reading
 
 from model_store import ModelStore
 from pruning.data.paths import data_root
+from pruning.importance import lowest_filters, normalise_per_layer
+from pruning.prune import filters_per_step, min_keep_of
 from pruning.publish import Benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +102,81 @@ def layer_order(history: list[dict], original: dict[str, int]) -> dict[str, obje
         "first_thinned": order[:5],
         "widest": sorted(names, key=lambda n: -original[n])[:5],
     }
+
+
+NULLS = {"rounding": False, "rounding + ℓ2": True}  # null name: whether scores are ℓ2-normalised per unit
+
+
+def applicable_null(criterion: str) -> str:
+    """The null a criterion's run is held against: random scores are raw, Taylor and L1 normalised."""
+    return "rounding" if criterion == "random" else "rounding + ℓ2"
+
+
+@dataclass
+class NullSchedule:
+    """What the run's schedule does to the units' widths when the scores carry no information."""
+
+    rhos: list[float]  # per simulated schedule: cumulative ρ(original width, share removed)
+    mean_share: dict[str, float]  # per unit: share of its filters removed, averaged over the simulations
+
+
+def null_schedule(
+    original: dict[str, int], config: dict, iterations: int, *, normalise: bool, sims: int, seed: int = 0
+) -> NullSchedule:
+    """``sims`` simulated schedules of ``iterations`` steps of the run's ``prune`` allocation
+    (``lowest_filters`` with its per-step count, minimum widths and ``round_to``) on uniform-noise scores:
+    no network, no training."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    ignored = config.get("ignored_layers") or []
+    per_step = filters_per_step(original, config["pruning_ratio"], config["iterative_steps"], ignored)
+    min_keep = min_keep_of(original, config["min_keep_fraction"], ignored)
+    names = list(original)
+    rhos, share_sums = [], dict.fromkeys(names, 0.0)
+    for _ in range(sims):
+        widths = dict(original)
+        for _ in range(iterations):
+            scores = {n: torch.rand(widths[n], generator=generator) for n in names}
+            plan = lowest_filters(
+                normalise_per_layer(scores) if normalise else scores,
+                per_step,
+                min_keep={n: min(min_keep[n], widths[n]) for n in names},
+                round_to=config.get("round_to", 1),
+            )
+            widths = {n: widths[n] - len(plan[n]) for n in names}
+        shares = {n: 1 - widths[n] / original[n] for n in names}
+        rho, _ = spearman([original[n] for n in names], list(shares.values()))
+        rhos.append(0.0 if rho is None else rho)
+        share_sums = {n: share_sums[n] + shares[n] for n in names}
+    return NullSchedule(rhos, {n: share_sums[n] / sims for n in names})
+
+
+def against_nulls(history: dict, sims: int) -> dict[str, dict[str, float | None]]:
+    """The run's last cumulative ρ against each null schedule's distribution, and ρ(width, the run's share
+    removed minus the null's): whether the scores thin wide units beyond what the schedule alone does."""
+    original, records = history["original_filters"], history["history"]
+    names = list(original)
+    shares = {n: 1 - records[-1]["filters"][n] / original[n] for n in names}
+    observed, _ = spearman([original[n] for n in names], list(shares.values()))
+    result: dict[str, dict[str, float | None]] = {}
+    for name, normalise in NULLS.items():
+        null = null_schedule(original, history["config"], len(records) - 1, normalise=normalise, sims=sims)
+        rhos = sorted(null.rhos)
+        excess, p_excess = spearman(
+            [original[n] for n in names], [shares[n] - null.mean_share[n] for n in names]
+        )
+        result[name] = {
+            "mean": sum(rhos) / len(rhos),
+            "p05": rhos[int(0.05 * (len(rhos) - 1))],
+            "p95": rhos[int(0.95 * (len(rhos) - 1))],
+            "p_exceeds": None
+            if observed is None
+            else (1 + sum(r >= observed for r in rhos)) / (1 + len(rhos)),
+            "rho_excess": excess,
+            "p_excess": p_excess,
+        }
+    return result
 
 
 def within_tolerance(rows: list[dict], dense: dict, tolerance_pp: float) -> dict | None:
@@ -190,6 +276,9 @@ def main() -> None:
     parser.add_argument("--store", type=Path, help="model store with the detector (default: the project's)")
     parser.add_argument("--latency-iters", type=int, nargs=2, default=(200, 20), metavar=("B1", "B32"))
     parser.add_argument("--tolerance-pp", type=float, default=0.5)
+    parser.add_argument(
+        "--null-sims", type=int, default=400, help="simulated schedules per null (layer order)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "reports")
     args = parser.parse_args()
 
@@ -227,7 +316,9 @@ def main() -> None:
             history_path = run_dir / "history.json"
             if history_path.exists():
                 history = json.loads(history_path.read_text())
-                analyses[family][criterion] = layer_order(history["history"], history["original_filters"])
+                analysis = layer_order(history["history"], history["original_filters"])
+                analysis["nulls"] = against_nulls(history, args.null_sims)
+                analyses[family][criterion] = analysis
                 if criterion == "taylor":
                     plot_layers(
                         history["history"],
@@ -311,11 +402,15 @@ def main() -> None:
         lines.append("")
         for criterion, analysis in analyses.get(family, {}).items():
             last = analysis["iterations"][-1] if analysis["iterations"] else {}
+            null = analysis["nulls"][applicable_null(criterion)]
+            beyond = null["p_exceeds"] is not None and null["p_exceeds"] < 0.05
             lines += [
                 f"Which layers lose filters first ({criterion}): the paper's finding is "
-                f"**{analysis['verdict']}** "
+                f"**{analysis['verdict']}** against no order "
                 f"(last iteration: cumulative ρ {_fmt(last.get('rho_cumulative'), '+.2f')}, "
-                f"p {_fmt(last.get('p_cumulative'), '.3f')}); first thinned {analysis['first_thinned']}; "
+                f"p {_fmt(last.get('p_cumulative'), '.3f')}), and **{'' if beyond else 'not '}beyond the "
+                f"schedule's own order** (null '{applicable_null(criterion)}': ρ {null['mean']:+.2f}, "
+                f"p {_fmt(null['p_exceeds'], '.3f')}); first thinned {analysis['first_thinned']}; "
                 f"widest {analysis['widest']}.",
                 "",
                 "| iteration | removed so far | ρ this iteration (p) | ρ cumulative (p) |",
@@ -326,6 +421,18 @@ def main() -> None:
                 f"({_fmt(i['p_step'], '.3f')}) | {_fmt(i['rho_cumulative'], '+.2f')} "
                 f"({_fmt(i['p_cumulative'], '.3f')}) |"
                 for i in analysis["iterations"]
+            ]
+            lines += [
+                "",
+                "| null schedule (uniform scores) | ρ mean [5–95 %] | p (null ρ ≥ run's) "
+                "| ρ(width, run's share − null's) (p) |",
+                "|---|---|---:|---|",
+            ]
+            lines += [
+                f"| {name} | {null['mean']:+.2f} [{null['p05']:+.2f}, {null['p95']:+.2f}] | "
+                f"{_fmt(null['p_exceeds'], '.3f')} | {_fmt(null['rho_excess'], '+.2f')} "
+                f"({_fmt(null['p_excess'], '.3f')}) |"
+                for name, null in analysis["nulls"].items()
             ]
             lines.append("")
         if (out_dir / f"filters_per_layer-{family}.png").exists():

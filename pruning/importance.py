@@ -32,7 +32,7 @@ from pruning.surgery import prunable_units
 LossFn = Callable[[FaceEmbedder, object], torch.Tensor]
 
 
-def _normalise_per_layer(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def normalise_per_layer(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Layer-wise ℓ2 normalisation (Molchanov 2017, sec. 2.2) so layers of different depth compare."""
     return {name: s / (s.norm() + 1e-12) for name, s in scores.items()}
 
@@ -117,7 +117,7 @@ class TaylorImportance(Importance):
     def scores(self, model: FaceEmbedder) -> dict[str, torch.Tensor]:
         if not self._count:
             raise RuntimeError("accumulate() at least one batch first")
-        return _normalise_per_layer({name: s / self._count for name, s in self._sums.items()})
+        return normalise_per_layer({name: s / self._count for name, s in self._sums.items()})
 
 
 class MagnitudeImportance(Importance):
@@ -125,7 +125,7 @@ class MagnitudeImportance(Importance):
     needs_data = False
 
     def scores(self, model: FaceEmbedder) -> dict[str, torch.Tensor]:
-        return _normalise_per_layer(
+        return normalise_per_layer(
             {
                 name: sum(block[0].weight.detach().abs().flatten(1).sum(dim=1) for block in members)
                 for name, members in prunable_units(model).items()

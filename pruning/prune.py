@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -116,10 +117,8 @@ def prune(
     dense = dense.to(device)
     original = filter_counts(dense)
     total = sum(v for k, v in original.items() if k not in config.ignored_layers)
-    per_step = math.ceil(config.pruning_ratio * total / config.iterative_steps)
-    min_keep = {k: max(1, math.ceil(config.min_keep_fraction * v)) for k, v in original.items()}
-    for name in config.ignored_layers:
-        min_keep[name] = original[name]
+    per_step = filters_per_step(original, config.pruning_ratio, config.iterative_steps, config.ignored_layers)
+    min_keep = min_keep_of(original, config.min_keep_fraction, config.ignored_layers)
 
     state_path = config.run_dir / "state.pt"
     if state_path.exists():
@@ -169,6 +168,22 @@ def prune(
         _snapshot_levels(model, data, history, config)
     bar.close()
     return summary | {"history": history}
+
+
+def filters_per_step(
+    original: dict[str, int], pruning_ratio: float, iterative_steps: int, ignored_layers: Sequence[str] = ()
+) -> int:
+    """Filters each iteration removes (at least; ``round_to`` may add up to ``round_to - 1``)."""
+    total = sum(v for k, v in original.items() if k not in ignored_layers)
+    return math.ceil(pruning_ratio * total / iterative_steps)
+
+
+def min_keep_of(
+    original: dict[str, int], min_keep_fraction: float, ignored_layers: Sequence[str] = ()
+) -> dict[str, int]:
+    """The fewest filters each unit keeps: a share of its original width; ignored units keep them all."""
+    keep = {k: max(1, math.ceil(min_keep_fraction * v)) for k, v in original.items()}
+    return keep | {name: original[name] for name in ignored_layers}
 
 
 def _current_min_keep(model: FaceEmbedder, min_keep: dict[str, int]) -> dict[str, int]:

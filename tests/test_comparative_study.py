@@ -154,3 +154,24 @@ def test_comparative_report_end_to_end(study: dict[str, Path], crops_root: Path,
     analysis = summary["layer_order"]["mobilenetv2"]["taylor"]
     assert [i["iteration"] for i in analysis["iterations"]] == [1, 2]
     assert analysis["verdict"] in {"confirmed", "refuted", "not shown"}
+    assert set(analysis["nulls"]) == {"rounding", "rounding + ℓ2"}
+    assert "beyond the schedule's own order" in report
+
+
+def test_null_schedules_show_which_order_the_allocation_alone_makes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uniform-noise scores through prune's allocation: without rounding or normalisation every unit loses
+    about the same share (no width order); whole multiples of 16 or ℓ2-normalised scores alone thin the
+    widest units first — the order the layer-order finding must beat to be the network's."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from comparative_report import null_schedule
+
+    widths = {f"unit{i}": w for i, w in enumerate((16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512))}
+    config = {"pruning_ratio": 0.4, "iterative_steps": 8, "min_keep_fraction": 0.1}
+
+    def mean_rho(round_to: int, normalise: bool) -> float:
+        null = null_schedule(widths, config | {"round_to": round_to}, 8, normalise=normalise, sims=40)
+        return sum(null.rhos) / len(null.rhos)
+
+    assert abs(mean_rho(1, normalise=False)) < 0.3
+    assert mean_rho(16, normalise=False) > 0.7
+    assert mean_rho(1, normalise=True) > 0.7
