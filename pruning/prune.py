@@ -116,7 +116,7 @@ def prune(
     device = device or torch.device("cpu")
     dense = dense.to(device)
     original = filter_counts(dense)
-    total = sum(v for k, v in original.items() if k not in config.ignored_layers)
+    total = prunable_filters(original, config.ignored_layers)
     per_step = filters_per_step(original, config.pruning_ratio, config.iterative_steps, config.ignored_layers)
     min_keep = min_keep_of(original, config.min_keep_fraction, config.ignored_layers)
 
@@ -174,8 +174,12 @@ def filters_per_step(
     original: dict[str, int], pruning_ratio: float, iterative_steps: int, ignored_layers: Sequence[str] = ()
 ) -> int:
     """Filters each iteration removes (at least; ``round_to`` may add up to ``round_to - 1``)."""
-    total = sum(v for k, v in original.items() if k not in ignored_layers)
-    return math.ceil(pruning_ratio * total / iterative_steps)
+    return math.ceil(pruning_ratio * prunable_filters(original, ignored_layers) / iterative_steps)
+
+
+def prunable_filters(original: dict[str, int], ignored_layers: Sequence[str] = ()) -> int:
+    """Filters the schedule may remove from: every unit's but the ignored ones'."""
+    return sum(v for k, v in original.items() if k not in ignored_layers)
 
 
 def min_keep_of(
