@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model_store import DEFAULT_ROOT, ModelStore, Provenance
 from pruning.checkpoint import (
@@ -294,6 +295,32 @@ def test_identity_pairs_join_the_batch_and_the_margin_term_prefers_the_teacher(
     config.identity_pairs = 4  # 8 faces: no room left for the plain batch
     with pytest.raises(ValueError, match="do not fit"):
         train(config, progress=False)
+
+
+def test_bank_term_is_zero_at_the_teacher_and_grows_with_a_near_impostor(
+    crops_root: Path, tmp_path: Path
+) -> None:
+    """--bank-weight: the KL over the bank of training targets vanishes when the student is the teacher, and a
+    student that drifts toward another bank face costs more than one that drifts the same angle elsewhere."""
+    from pruning.train import DistillationData, bank_relation_loss
+
+    data = DistillationData.load(crops_root, val_fraction=0.5)
+    bank = data.targets
+    target = bank[:2]
+    assert bank_relation_loss(target, target, bank, temperature=0.05) == pytest.approx(0.0, abs=1e-5)
+    # drift of equal size toward bank face 2 (a near impostor) or toward a direction no bank face holds
+    toward_face = F.normalize(target + 0.3 * (bank[2] - target), dim=1)
+    away = torch.randn(2, bank.shape[1], generator=torch.Generator().manual_seed(0))
+    away = F.normalize(away - (away @ bank.T) @ torch.linalg.pinv(bank.T), dim=1)  # off the bank's span
+    elsewhere = F.normalize(target + (toward_face - target).norm(dim=1, keepdim=True) * away, dim=1)
+    near = bank_relation_loss(toward_face, target, bank, temperature=0.05)
+    far = bank_relation_loss(elsewhere, target, bank, temperature=0.05)
+    assert 0 < far < near
+    config = tiny_run(tmp_path / "bank", crops_root)
+    config.bank_weight, config.max_steps, config.val_every = 1.0, 10, 10
+    train(config, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "bank" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in records) and all(r["bank"] > 0 for r in records if "loss" in r)
 
 
 def test_gdc_run_from_a_gap_checkpoint_exports_with_parity(crops_root: Path, tmp_path: Path) -> None:

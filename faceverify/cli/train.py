@@ -84,6 +84,13 @@ def _train_arguments(tr: argparse.ArgumentParser) -> None:
     )
     tr.add_argument("--identity-weight", type=float, default=default("identity_weight"))
     tr.add_argument("--identity-margin", type=float, default=default("identity_margin"))
+    tr.add_argument(
+        "--bank-weight",
+        type=float,
+        default=default("bank_weight"),
+        help="weight of the relational term over every training face's teacher target (SEED-style KL)",
+    )
+    tr.add_argument("--bank-temperature", type=float, default=default("bank_temperature"))
     tr.add_argument("--max-steps", type=int, default=default("max_steps"))
     tr.add_argument("--val-every", type=int, default=default("val_every"))
     tr.add_argument("--seed", type=int, default=default("seed"))
@@ -205,6 +212,8 @@ def train_config(args: argparse.Namespace, *, crops_root: Path, init: Path | Non
         identity_pairs=args.identity_pairs,
         identity_weight=args.identity_weight,
         identity_margin=args.identity_margin,
+        bank_weight=args.bank_weight,
+        bank_temperature=args.bank_temperature,
         arch={"family": args.family} if args.family else {},
     )
 
