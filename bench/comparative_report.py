@@ -108,8 +108,11 @@ NULLS = {"rounding": False, "rounding + ℓ2": True}  # null name: whether score
 
 
 def applicable_null(criterion: str) -> str:
-    """The null a criterion's run is held against: random scores are raw, Taylor and L1 normalised."""
-    return "rounding" if criterion == "random" else "rounding + ℓ2"
+    """The null a criterion's run is held against: random scores are raw, Taylor and L1 normalised.
+
+    A run named ``criterion-variant`` (``random-short``: another schedule) is its criterion's.
+    """
+    return "rounding" if criterion.partition("-")[0] == "random" else "rounding + ℓ2"
 
 
 @dataclass

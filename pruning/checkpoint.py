@@ -38,6 +38,7 @@ class CheckpointMeta:
     prune_config: dict[str, Any] | None = None  # the PruneConfig of the run a level came from
     published_as: str | None = None  # name@version, when materialised from the model store
     rebuilt_from: str | None = None  # name@version whose ONNX graph the weights were rebuilt from
+    soup: dict[str, Any] | None = None  # members and scores of a weight average (pruning.soup)
 
     @property
     def teacher(self) -> str:
@@ -97,6 +98,7 @@ class Checkpoint:
             target_mean=self.meta.target_mean,
             data=self.meta.data,
             prune_config=self.meta.prune_config,
+            soup=self.meta.soup,
         )
         return Checkpoint(self.arch, self.state_dict, meta, **self.lineage)
 

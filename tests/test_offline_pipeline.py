@@ -323,6 +323,55 @@ def test_bank_term_is_zero_at_the_teacher_and_grows_with_a_near_impostor(
     assert any("loss" in r for r in records) and all(r["bank"] > 0 for r in records if "loss" in r)
 
 
+def test_greedy_soup_averages_restarts_and_keeps_a_member_only_where_validation_allows(
+    crops_root: Path, tmp_path: Path
+) -> None:
+    """faceverify soup: the average of two restarts from one parent is their element-wise mean; the greedy
+    soup's score is the written soup's own validation score and no lower than its best member's; a member is
+    kept exactly where the soup with it scored no lower; other widths are refused."""
+    from faceverify.cli import main
+    from pruning.data.faceset import load_validation
+    from pruning.soup import IncompatibleSoup, average_weights, validation_scorer
+
+    parent = tiny_run(tmp_path / "parent", crops_root)
+    train(parent, progress=False)
+    restarts = []
+    for seed in (1, 2):
+        run = tiny_run(tmp_path / f"restart{seed}", crops_root)
+        run.init, run.seed, run.arch = parent.run_dir / "last.pt", seed, {}
+        train(run, progress=False)
+        restarts.append(run.run_dir / "last.pt")
+    one, two = (load_checkpoint(p)[0] for p in restarts)
+    mean = average_weights([one, two]).state_dict()
+    for name, tensor in one.state_dict().items():
+        if tensor.is_floating_point():
+            assert torch.allclose(mean[name], (tensor + two.state_dict()[name]) / 2)
+    narrow = create_model(SqueezeFaceNetConfig(stem=16, fires=[(8, 16, 16)] * 8, head=64))
+    with pytest.raises(IncompatibleSoup):
+        average_weights([one, narrow])
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "crops").symlink_to(crops_root)
+    out = tmp_path / "soup.pt"
+    candidates = [str(parent.run_dir / "last.pt"), *map(str, restarts)]
+    args = ["soup", *candidates, "--out", str(out), "--data", str(data), "--val-fraction", "0.5"]
+    assert main([*args, "--flip-fusion", "--threads", "1"]) == 0
+    soup, payload = load_checkpoint(out)
+    record = payload.meta.soup
+    assert record is not None and record["members"][0] == record["trials"][0]["candidate"]
+    val = load_validation(crops_root, fraction=0.5)
+    assert validation_scorer(val.crops, val.identity, flip_fusion=True)(soup) == pytest.approx(
+        record["score"]
+    )
+    assert record["score"] >= max(t["alone"] for t in record["trials"])
+    best = record["trials"][0]["alone"]
+    for trial in record["trials"][1:]:
+        assert trial["kept"] == (trial["soup"] >= best) == (trial["candidate"] in record["members"])
+        best = max(best, trial["soup"]) if trial["kept"] else best
+    assert payload.slim().meta.soup == record and payload.meta.teacher == "sface"
+
+
 def test_gdc_run_from_a_gap_checkpoint_exports_with_parity(crops_root: Path, tmp_path: Path) -> None:
     gap_run = tiny_run(tmp_path / "gap", crops_root)
     train(gap_run, progress=False)

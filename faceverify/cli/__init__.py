@@ -27,7 +27,7 @@ REGISTER = (
     evaluate.register,  # detect
     serve.register,  # serve
     data.register,  # prep, teacher
-    train.register,  # train, prune
+    train.register,  # train, prune, soup
     publish.register,  # publish, publish-reference, quantize
     evaluate.register_eval,  # eval
     publish.register_export_mtcnn,  # export-mtcnn

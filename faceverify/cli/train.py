@@ -37,6 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub, "prune", _prune_arguments, help="iterative filter pruning with fine-tuning (resumable)"
     )
     pr.set_defaults(handler=cmd_prune)
+    so = sub.add_parser(
+        "soup", help="greedy weight average of checkpoints restarted from one parent (validation-scored)"
+    )
+    so.add_argument(
+        "candidates", nargs="+", help="checkpoints or published variants (name@version) of one architecture"
+    )
+    so.add_argument("--out", type=Path, required=True, help="the soup's checkpoint (publish it as any other)")
+    so.add_argument("--flip-fusion", action="store_true", help="score as published with --flip-fusion")
+    so.add_argument("--threads", type=positive_int, default=2)
+    so.add_argument("--val-fraction", type=float, default=0.1, help="held-out identities, as in training")
+    add_data_argument(so)
+    so.set_defaults(handler=cmd_soup)
 
 
 def _train_arguments(tr: argparse.ArgumentParser) -> None:
@@ -185,6 +197,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = train_config(args, crops_root=crops_root, init=init)
     best = train(config)
     print(json.dumps({"best": str(best), "run_dir": str(args.run_dir)}))
+    return 0
+
+
+def cmd_soup(args: argparse.Namespace) -> int:
+    import torch
+
+    from pruning.checkpoint import materialise
+    from pruning.data.faceset import load_validation
+    from pruning.soup import soup_checkpoints, validation_scorer
+
+    torch.set_num_threads(args.threads)
+    crops_root = data_root_of(args) / "crops"
+    scratch = args.out.parent / f"{args.out.stem}-candidates"
+    paths = {
+        spec: materialise(spec, scratch, crops_root=crops_root, store_root=args.store)
+        for spec in args.candidates
+    }
+    val = load_validation(crops_root, fraction=args.val_fraction)
+    result = soup_checkpoints(
+        paths, validation_scorer(val.crops, val.identity, flip_fusion=args.flip_fusion), args.out
+    )
+    print(json.dumps(result.record(), indent=2))
     return 0
 
 
