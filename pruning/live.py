@@ -324,7 +324,7 @@ def train_live(
                     {
                         "step": step,
                         "student": name,
-                        "loss": float(loss),
+                        "loss": loss.item(),
                         **parts,
                         "images_per_s": rate,
                         "lr_factor": warmup_cosine(step, total or 10**9, config.warmup_steps),

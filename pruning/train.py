@@ -432,7 +432,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             record = {
                 "step": step,
                 "epoch": epoch,
-                "loss": float(loss),
+                "loss": loss.item(),
                 **parts,
                 "lr": lr_at(step, total_steps, config),
             }
