@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from pruning.calibrate import calibrate
-from pruning.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from pruning.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, torch_embed_fn
 from pruning.export import EmbeddingGraph
-from pruning.models import INPUT_CARD, FaceEmbedder
+from pruning.models import FaceEmbedder
 from pruning.train import validation_score
 
 
@@ -48,20 +48,14 @@ def average_weights(models: Sequence[FaceEmbedder]) -> FaceEmbedder:
 
 
 def validation_scorer(
-    crops: np.ndarray, identity: np.ndarray, *, flip_fusion: bool = False, batch_size: int = 128
+    crops: np.ndarray, identity: np.ndarray, *, flip_fusion: bool = False
 ) -> Callable[[FaceEmbedder], float]:
     """The trainer's checkpoint score (TAR at FMR 1e-3) of a network on held-out crops, through the graph a
     publish would export (``flip_fusion`` as published)."""
-    from faces.tensor import crops_to_tensor
 
     def score(model: FaceEmbedder) -> float:
-        graph = EmbeddingGraph(model.eval(), flip_fusion).eval()
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(crops), batch_size):
-                x = crops_to_tensor(crops[start : start + batch_size], INPUT_CARD.mean, INPUT_CARD.std)
-                out.append(graph(torch.from_numpy(x)).numpy())
-        return validation_score(calibrate(np.concatenate(out), identity))
+        embed = torch_embed_fn(EmbeddingGraph(model.eval(), flip_fusion).eval())  # type: ignore[arg-type]
+        return validation_score(calibrate(embed(crops), identity))
 
     return score
 
