@@ -25,11 +25,12 @@ from pruning.data.paths import data_root
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 # the embedders the reports compare: the plain command reproduces reports/validation.md
 DEFAULT_VARIANTS = [
-    *(f"squeezefacenet@{v}" for v in range(2, 8)),
-    *(f"squeezefacenet-int8@{v}" for v in range(3, 6)),
+    *(f"squeezefacenet@{v}" for v in range(2, 11)),
+    *(f"squeezefacenet-int8@{v}" for v in range(3, 9)),
     *(f"squeezerfacenet-taylor-30@{v}" for v in range(3, 6)),
     "squeezerfacenet-taylor-40@3",
     "squeezerfacenet-taylor-40@4",
+    "squeezerfacenet-taylor-30@10",
     "sface@1",
 ]
 
