@@ -34,10 +34,9 @@ def average_weights(models: Sequence[FaceEmbedder]) -> FaceEmbedder:
     (batch-norm running statistics included; integer counters are the first model's)."""
     states = [m.state_dict() for m in models]
     reference = states[0]
-    for state in states[1:]:
-        shapes = {k: tuple(v.shape) for k, v in state.items()}
-        if shapes != {k: tuple(v.shape) for k, v in reference.items()}:
-            raise IncompatibleSoup("soup candidates must share one architecture and the same widths")
+    shapes = {k: tuple(v.shape) for k, v in reference.items()}
+    if any({k: tuple(v.shape) for k, v in state.items()} != shapes for state in states[1:]):
+        raise IncompatibleSoup("soup candidates must share one architecture and the same widths")
     averaged = {
         name: torch.stack([s[name] for s in states]).mean(0) if tensor.is_floating_point() else tensor
         for name, tensor in reference.items()
@@ -91,15 +90,16 @@ def greedy_soup(candidates: dict[str, FaceEmbedder], score: Callable[[FaceEmbedd
     alone = {name: score(model) for name, model in candidates.items()}
     order = sorted(alone, key=lambda name: -alone[name])
     members, best = [order[0]], alone[order[0]]
+    model = average_weights([candidates[order[0]]])  # a copy: the candidates stay as they are
     trials = [SoupTrial(order[0], alone[order[0]], None, True)]
     for name in order[1:]:
-        trial = score(average_weights([candidates[m] for m in [*members, name]]))
+        mixed = average_weights([candidates[m] for m in [*members, name]])
+        trial = score(mixed)
         kept = trial >= best
         trials.append(SoupTrial(name, alone[name], trial, kept))
         if kept:
             members.append(name)
-            best = trial
-    model = average_weights([candidates[m] for m in members])
+            model, best = mixed, trial
     return SoupResult(model, members, best, trials)
 
 
