@@ -1,11 +1,12 @@
 """Frontal-against-side pairs of the held-out validation identities: how each variant copes with pose.
 
 Side-view faces are the student's weakest case. The validation identities (CelebA/RMFD, held out of training
-by hash) carry five landmarks per face in the crop cache's records; a yaw proxy from them — the nose's
-horizontal offset from the eye/mouth mid-line, in inter-ocular distances — splits the faces into frontal
-(|yaw| < FRONTAL) and side (|yaw| > SIDE). Genuine pairs are every frontal × side face of one identity;
-impostor pairs are frontal × side faces of different identities. Each variant embeds the cached aligned crops
-through the service's Embedder and decides at its own published threshold (FMR 1e-3).
+by hash) carry five landmarks per face in the crop cache's records; a yaw proxy from them
+(``faces.quality.yaw_proxy``: the nose's horizontal offset from the eye/mouth mid-line, in inter-ocular
+distances) splits the faces into frontal (|yaw| < FRONTAL_YAW) and side (|yaw| > SIDE_YAW). Genuine pairs are
+every frontal × side face of one identity; impostor pairs are frontal × side faces of different identities.
+Each variant embeds the cached aligned crops through the service's Embedder and decides at its own
+published threshold (FMR 1e-3).
 
     .venv/bin/python bench/pose_pairs.py [--variants REF ...]   → reports/pose_pairs.{md,json}
 """
@@ -20,20 +21,13 @@ import numpy as np
 from reporting import write_with_reading  # bench/reporting.py, run as a script from bench/
 
 from faces.embed import Embedder
+from faces.quality import FRONTAL_YAW, SIDE_YAW
 from model_store import ModelStore
-from pruning.data.faceset import held_out, iter_records, load_validation
+from pruning.data.faceset import load_validation
 from pruning.data.paths import data_root
 
-FRONTAL, SIDE = 0.08, 0.25
 SOURCES = ("celeba_hq", "celeba_small", "rmfd")  # the labelled sources the validation split comes from
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
-
-
-def yaw_proxy(landmarks: np.ndarray) -> float:
-    """Nose offset from the eye/mouth mid-line, in inter-ocular distances (0 frontal, ±0.5 strong profile)."""
-    left_eye, right_eye, nose, left_mouth, right_mouth = landmarks
-    middle = (left_eye + right_eye + left_mouth + right_mouth)[0] / 4
-    return float((nose[0] - middle) / max(1e-6, np.linalg.norm(right_eye - left_eye)))
 
 
 def auc(genuine: np.ndarray, impostor: np.ndarray) -> float:
@@ -71,18 +65,8 @@ def main() -> None:
     args = parser.parse_args()
     crops_root = args.data / "crops"
 
-    landmarks = {}
-    for source in SOURCES:
-        for record in iter_records(crops_root / source):
-            if "row" in record and held_out(str(record.get("identity") or "")):
-                landmarks[(source, record["file"])] = np.asarray(record["landmarks"], np.float32).reshape(
-                    5, 2
-                )
     val = load_validation(crops_root, list(SOURCES))
-    yaw = np.array(
-        [yaw_proxy(landmarks[(str(s), str(f))]) for s, f in zip(val.source, val.file, strict=True)]
-    )
-    frontal, side = np.abs(yaw) < FRONTAL, np.abs(yaw) > SIDE
+    frontal, side = np.abs(val.yaw) < FRONTAL_YAW, np.abs(val.yaw) > SIDE_YAW
     same = val.identity[:, None] == val.identity[None, :]
     cross = frontal[:, None] & side[None, :]
     genuine_pairs, impostor_pairs = np.argwhere(cross & same), np.argwhere(cross & ~same)
@@ -119,8 +103,8 @@ def main() -> None:
         "identities_with_both": len(set(val.identity[genuine_pairs[:, 0]])),
         "genuine_pairs": len(genuine_pairs),
         "impostor_pairs": len(impostor_pairs),
-        "frontal_below": FRONTAL,
-        "side_above": SIDE,
+        "frontal_below": FRONTAL_YAW,
+        "side_above": SIDE_YAW,
         "rows": rows,
     }
     (REPORTS / "pose_pairs.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -129,8 +113,8 @@ def main() -> None:
         "",
         f"`.venv/bin/python bench/pose_pairs.py --variants {' '.join(args.variants)}`"
         " (its docstring says how the pairs are built):",
-        f"{summary['faces']} validation faces, {summary['frontal']} frontal (|yaw| < {FRONTAL}),"
-        f" {summary['side']} side (|yaw| > {SIDE}); {summary['genuine_pairs']} genuine pairs over"
+        f"{summary['faces']} validation faces, {summary['frontal']} frontal (|yaw| < {FRONTAL_YAW}),"
+        f" {summary['side']} side (|yaw| > {SIDE_YAW}); {summary['genuine_pairs']} genuine pairs over"
         f" {summary['identities_with_both']} identities, {summary['impostor_pairs']:,} impostor pairs."
         " Decisions at each variant's published FMR-1e-3 threshold (calibrated on all validation pairs,"
         " mostly frontal).",

@@ -12,6 +12,10 @@ from model_store import PreprocessSpec
 
 Rejection = Literal["no_face", "low_score", "bad_landmarks", "too_small"]
 
+# |yaw_proxy| bands: under FRONTAL_YAW a face looks at the camera, over SIDE_YAW it is a side view
+# (about a third of the way to profile); reports/pose_pairs.md pairs the two bands.
+FRONTAL_YAW, SIDE_YAW = 0.08, 0.25
+
 
 def select_face(
     faces: Sequence[Face], height: int, width: int, spec: PreprocessSpec, box: np.ndarray | None = None
@@ -57,6 +61,16 @@ def implausible_landmarks(box: np.ndarray, landmarks: np.ndarray) -> str | None:
     if np.any(landmarks[:, 0] < box[0] - margin) or np.any(landmarks[:, 0] > box[2] + margin):
         return "landmarks outside the box"
     return None
+
+
+def yaw_proxy(landmarks: np.ndarray) -> float:
+    """Nose offset from the eye/mouth mid-line, in inter-ocular distances (0 frontal, ±0.5 strong profile).
+
+    Five landmarks carry no depth, so this is a proxy, not an angle; it ranks faces by how far they turn.
+    """
+    left_eye, right_eye, nose, left_mouth, right_mouth = np.asarray(landmarks, np.float64).reshape(5, 2)
+    middle = (left_eye + right_eye + left_mouth + right_mouth)[0] / 4
+    return float((nose[0] - middle) / max(1e-6, float(np.linalg.norm(right_eye - left_eye))))
 
 
 def gate(face: Face, spec: PreprocessSpec) -> tuple[Rejection, str] | None:

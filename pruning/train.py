@@ -34,11 +34,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from faces.quality import FRONTAL_YAW, SIDE_YAW
 from faces.tensor import crops_to_tensor
 from pruning.augment import augment, flip_mask
 from pruning.calibrate import calibrate
@@ -90,6 +92,9 @@ class TrainConfig:
     # it ended level with the control from @9 (reports/training.md, "A relational term over the whole bank").
     bank_weight: float = 0.0
     bank_temperature: float = 0.05
+    # Side views count (1 + pose_weight)x in the distillation terms, frontal faces 1x, a ramp between
+    # (pose_weights); 0: every face alike. Side views are the student's weakest case (reports/pose_pairs.md).
+    pose_weight: float = 0.0
 
     def to_json(self) -> dict[str, object]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -102,14 +107,20 @@ def distillation_loss(
     sp_weight: float = 2.0,
     nce_weight: float = 0.2,
     nce_temperature: float = 0.1,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cosine to the target + similarity-preserving + InfoNCE; ``weights`` (per face, mean 1) scale each
+    face's cosine and InfoNCE terms (the pairwise term has no single owner)."""
     s = F.normalize(student, dim=1)
     cos = (s * target).sum(dim=1)
-    loss_cos = (1 - cos).mean()
+    weights = torch.ones_like(cos) if weights is None else weights
+    loss_cos = ((1 - cos) * weights).mean()
     off_diagonal = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
     loss_sp = ((s @ s.T - target @ target.T)[off_diagonal] ** 2).mean()
     logits = s @ target.T / nce_temperature
-    loss_nce = F.cross_entropy(logits, torch.arange(len(s), device=s.device))
+    loss_nce = (
+        F.cross_entropy(logits, torch.arange(len(s), device=s.device), reduction="none") * weights
+    ).mean()
     loss = loss_cos + sp_weight * loss_sp + nce_weight * loss_nce
     parts = {"cos": cos.mean().item(), "sp": loss_sp.item(), "nce": loss_nce.item()}
     return loss, parts
@@ -151,6 +162,17 @@ def bank_relation_loss(
     )
 
 
+def pose_weights(yaw: np.ndarray, pose_weight: float) -> torch.Tensor:
+    """Per-face loss weights, normalised to mean 1: 1 for frontal faces, 1 + ``pose_weight`` for side views.
+
+    The ramp between the two bands (faces.quality) is linear in |yaw|; normalising keeps the step size of
+    the batch as it was, so only the balance between faces changes.
+    """
+    turn = np.clip((np.abs(yaw) - FRONTAL_YAW) / (SIDE_YAW - FRONTAL_YAW), 0.0, 1.0)
+    weights = torch.from_numpy(1.0 + pose_weight * turn.astype(np.float32))
+    return weights / weights.mean()
+
+
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
     """Share of the peak learning rate at ``step``: linear warm-up, then cosine decay to 0 at ``total``."""
     if step < warmup:
@@ -169,6 +191,13 @@ def batch_tensor(crops: np.ndarray) -> torch.Tensor:
 
 def _augment_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step + (stream << 40))
+
+
+class TrainingBatch(NamedTuple):
+    x: torch.Tensor  # (B, 3, 112, 112) augmented inputs, channels_last
+    targets: torch.Tensor  # (B, D) unit teacher targets (of the mirror image where the input was flipped)
+    identity: torch.Tensor  # (B,) identity codes, -1: unlabelled
+    yaw: np.ndarray  # (B,) yaw proxy of each face's landmarks
 
 
 @dataclass
@@ -233,9 +262,7 @@ class DistillationData:
         groups = np.split(order, starts[1:])
         return [g for g, code in zip(groups, codes[starts], strict=True) if code >= 0 and len(g) >= 2]
 
-    def labelled_batch(
-        self, step: int, batch_size: int, pairs: int, seed: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def labelled_batch(self, step: int, batch_size: int, pairs: int, seed: int) -> TrainingBatch:
         """The plain batch of ``batch_size - 2 * pairs`` faces, ``pairs`` same-identity pairs, identities."""
         index = self.batch_index(step, batch_size - 2 * pairs, seed)
         x, targets = self._augmented(index, _augment_generator(seed, step))
@@ -248,7 +275,9 @@ class DistillationData:
             x, targets = torch.cat([x, x_pairs]), torch.cat([targets, targets_pairs])
             index = np.concatenate([index, paired])
         identity = torch.from_numpy(self.identity_code[index])
-        return x.contiguous(memory_format=torch.channels_last), targets, identity
+        return TrainingBatch(
+            x.contiguous(memory_format=torch.channels_last), targets, identity, self.train.yaw[index]
+        )
 
     def _augmented(self, index: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         flip = flip_mask(len(index), generator)
@@ -391,7 +420,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     window_start, window_images = time.perf_counter(), 0
     while step < total_steps and not stop["now"]:
         epoch = step // steps_per_epoch
-        x, targets, identity = data.labelled_batch(
+        x, targets, identity, yaw = data.labelled_batch(
             step, config.batch_size, config.identity_pairs, config.seed
         )
         for group in optimizer.param_groups:
@@ -404,6 +433,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             sp_weight=config.sp_weight,
             nce_weight=config.nce_weight,
             nce_temperature=config.nce_temperature,
+            weights=pose_weights(yaw, config.pose_weight) if config.pose_weight else None,
         )
         if config.identity_pairs:
             loss_id = identity_margin_loss(

@@ -278,7 +278,7 @@ def test_identity_pairs_join_the_batch_and_the_margin_term_prefers_the_teacher(
     from pruning.train import DistillationData, identity_margin_loss
 
     data = DistillationData.load(crops_root, val_fraction=0.5)
-    x, targets, identity = data.labelled_batch(3, 8, 2, seed=0)
+    x, targets, identity, _ = data.labelled_batch(3, 8, 2, seed=0)
     plain_x, plain_targets = data.batch(3, 4, seed=0)
     assert torch.equal(x[:4], plain_x) and torch.equal(targets[:4], plain_targets)
     assert identity[4] == identity[5] >= 0 and identity[6] == identity[7] >= 0 and identity[4] != identity[6]
@@ -295,6 +295,33 @@ def test_identity_pairs_join_the_batch_and_the_margin_term_prefers_the_teacher(
     config.identity_pairs = 4  # 8 faces: no room left for the plain batch
     with pytest.raises(ValueError, match="do not fit"):
         train(config, progress=False)
+
+
+def test_pose_weights_favour_side_views_and_a_run_trains_with_them(crops_root: Path, tmp_path: Path) -> None:
+    """--pose-weight: side views weigh 1 + W times a frontal face, the batch's mean weight stays 1; a student
+    that misses only the side views loses more under the weights; the cached faces carry their yaw."""
+    from faces.quality import FRONTAL_YAW, SIDE_YAW
+    from pruning.train import DistillationData, distillation_loss, pose_weights
+
+    yaw = np.array([0.0, -FRONTAL_YAW / 2, (FRONTAL_YAW + SIDE_YAW) / 2, SIDE_YAW + 0.05, -0.45], np.float32)
+    weights = pose_weights(yaw, 3.0)
+    assert weights.mean().item() == pytest.approx(1.0)
+    assert weights[3] / weights[0] == pytest.approx(4.0) and weights[4] == weights[3]
+    assert weights[0] == weights[1] < weights[2] < weights[3]
+    target = torch.nn.functional.normalize(
+        torch.randn(5, 16, generator=torch.Generator().manual_seed(0)), dim=1
+    )
+    student = target.clone()
+    student[3:] = -target[3:]  # right on the frontal faces, wrong on the side views
+    plain, _ = distillation_loss(student, target)
+    assert distillation_loss(student, target, weights=torch.ones(5))[0] == pytest.approx(plain.item())
+    assert distillation_loss(student, target, weights=weights)[0] > plain
+    data = DistillationData.load(crops_root, val_fraction=0.5)
+    assert len(data.train.yaw) == len(data.train) and np.all(np.abs(data.train.yaw) < 1)
+    config = tiny_run(tmp_path / "pose", crops_root)
+    config.pose_weight, config.max_steps, config.val_every = 3.0, 10, 10
+    train(config, progress=False)
+    assert (tmp_path / "pose" / "best.pt").exists()
 
 
 def test_bank_term_is_zero_at_the_teacher_and_grows_with_a_near_impostor(

@@ -103,6 +103,12 @@ def _train_arguments(tr: argparse.ArgumentParser) -> None:
         help="weight of the relational term over every training face's teacher target (SEED-style KL)",
     )
     tr.add_argument("--bank-temperature", type=float, default=default("bank_temperature"))
+    tr.add_argument(
+        "--pose-weight",
+        type=float,
+        default=default("pose_weight"),
+        help="side views count 1 + W times in the distillation terms (frontal faces once)",
+    )
     tr.add_argument("--max-steps", type=int, default=default("max_steps"))
     tr.add_argument("--val-every", type=int, default=default("val_every"))
     tr.add_argument("--seed", type=int, default=default("seed"))
@@ -248,6 +254,7 @@ def train_config(args: argparse.Namespace, *, crops_root: Path, init: Path | Non
         identity_margin=args.identity_margin,
         bank_weight=args.bank_weight,
         bank_temperature=args.bank_temperature,
+        pose_weight=args.pose_weight,
         arch={"family": args.family} if args.family else {},
     )
 

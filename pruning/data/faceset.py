@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from faces.quality import yaw_proxy
+
 TEACHERS = ("dlib", "sface")
 META_FILE = "meta.json"
 
@@ -99,6 +101,7 @@ class FaceSet:
     identity: np.ndarray  # (N,) str, "" = unknown
     source: np.ndarray  # (N,) str
     file: np.ndarray  # (N,) str
+    yaw: np.ndarray  # (N,) float32 yaw proxy of the detected landmarks (faces.quality.yaw_proxy)
     # (N, D) descriptors of the mirror images, when the teacher's cache has them for every face
     teacher_mirror: np.ndarray | None = None
 
@@ -113,6 +116,7 @@ class FaceSet:
             self.identity[mask],
             self.source[mask],
             self.file[mask],
+            self.yaw[mask],
             mirror,
         )
 
@@ -149,7 +153,9 @@ def load_faceset(
     without copying their crops into memory; ``limit`` stops after that many faces.
     """
     names = sources or cache_names(crops_root)
-    parts: dict[str, list] = {k: [] for k in ("crops", "teacher", "mirror", "identity", "source", "file")}
+    parts: dict[str, list] = {
+        k: [] for k in ("crops", "teacher", "mirror", "identity", "source", "file", "yaw")
+    }
     seen_files: dict[str, set[str]] = {}
     mirrors_complete = teacher is not None
     for name in names:
@@ -189,6 +195,7 @@ def load_faceset(
             parts["identity"].append(identity[mask])
             parts["source"].append(np.full(int(mask.sum()), name, dtype=object))
             parts["file"].append(np.array([r["file"] for r in accepted], dtype=object)[mask])
+            parts["yaw"].append(np.array([yaw_proxy(r["landmarks"]) for r in accepted], np.float32)[mask])
     if not parts["crops"]:
         what = f"with {teacher} descriptors " if teacher else ""
         raise RuntimeError(f"no prepared shards {what}under {crops_root}")
@@ -198,6 +205,7 @@ def load_faceset(
         identity=np.concatenate(parts["identity"]),
         source=np.concatenate(parts["source"]),
         file=np.concatenate(parts["file"]),
+        yaw=np.concatenate(parts["yaw"]),
         teacher_mirror=np.concatenate(parts["mirror"]).astype(np.float32) if mirrors_complete else None,
     )
     return faces if limit is None else faces.subset(np.arange(len(faces)) < limit)
