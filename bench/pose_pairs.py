@@ -9,12 +9,17 @@ Each variant embeds the cached aligned crops through the service's Embedder and 
 published threshold (FMR 1e-3).
 
     .venv/bin/python bench/pose_pairs.py [--variants REF ...]   → reports/pose_pairs.{md,json}
+    .venv/bin/python bench/pose_pairs.py --variants REF --checkpoints RUN/best.pt ... --out NAME
+        training checkpoints beside published variants (one pass, at the threshold of their own
+        validation record) → reports/NAME.{md,json}
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +28,7 @@ from reporting import write_with_reading  # bench/reporting.py, run as a script 
 from faces.embed import Embedder
 from faces.quality import FRONTAL_YAW, SIDE_YAW
 from model_store import ModelStore
+from pruning.checkpoint import load_checkpoint, torch_embed_fn
 from pruning.data.faceset import load_validation
 from pruning.data.paths import data_root
 
@@ -37,6 +43,21 @@ def auc(genuine: np.ndarray, impostor: np.ndarray) -> float:
     return float(
         (ranks[: len(genuine)].sum() - len(genuine) * (len(genuine) + 1) / 2) / (len(genuine) * len(impostor))
     )
+
+
+def scorers(
+    variants: list[str], checkpoints: list[Path]
+) -> Iterator[tuple[str, Callable[[np.ndarray], np.ndarray], float]]:
+    """(label, crops → unit embeddings, FMR-1e-3 threshold): each published variant, then each checkpoint."""
+    store = ModelStore()
+    for ref in variants:
+        embedder = Embedder.from_store(store, ref, intra_op_threads=2)
+        yield embedder.ref, embedder.embed, embedder.threshold()
+    for path in checkpoints:
+        model, checkpoint = load_checkpoint(path)
+        if not checkpoint.val:
+            raise SystemExit(f"{path} carries no validation record to take its threshold from")
+        yield str(path), torch_embed_fn(model), float(checkpoint.val["thresholds"]["1e-3"])
 
 
 def main() -> None:
@@ -61,6 +82,8 @@ def main() -> None:
             "sface@1",
         ],
     )
+    parser.add_argument("--checkpoints", nargs="*", type=Path, default=[], help="training checkpoints too")
+    parser.add_argument("--out", default="pose_pairs", help="report name under reports/")
     parser.add_argument("--data", type=Path, default=data_root())
     args = parser.parse_args()
     crops_root = args.data / "crops"
@@ -71,23 +94,20 @@ def main() -> None:
     cross = frontal[:, None] & side[None, :]
     genuine_pairs, impostor_pairs = np.argwhere(cross & same), np.argwhere(cross & ~same)
 
-    store = ModelStore()
     rows = []
-    for ref in args.variants:
-        embedder = Embedder.from_store(store, ref, intra_op_threads=2)
-        vectors = embedder.embed(val.crops[frontal | side])
+    for label, embed, threshold in scorers(args.variants, args.checkpoints):
+        vectors = embed(val.crops[frontal | side])
         index = np.full(len(val), -1)
         index[np.flatnonzero(frontal | side)] = np.arange(len(vectors))
         scores = {
             kind: np.einsum("ij,ij->i", vectors[index[pairs[:, 0]]], vectors[index[pairs[:, 1]]])
             for kind, pairs in (("genuine", genuine_pairs), ("impostor", impostor_pairs))
         }
-        threshold = embedder.threshold()
         tar = float((scores["genuine"] >= threshold).mean())
         far = float((scores["impostor"] >= threshold).mean())
         rows.append(
             {
-                "variant": embedder.ref,
+                "variant": label,
                 "tar_at_threshold": tar,
                 "far_at_threshold": far,
                 "balanced_accuracy": (tar + 1 - far) / 2,
@@ -107,11 +127,11 @@ def main() -> None:
         "side_above": SIDE_YAW,
         "rows": rows,
     }
-    (REPORTS / "pose_pairs.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (REPORTS / f"{args.out}.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [
         "# Frontal against side faces of the held-out validation identities",
         "",
-        f"`.venv/bin/python bench/pose_pairs.py --variants {' '.join(args.variants)}`"
+        f"`.venv/bin/python bench/pose_pairs.py {' '.join(sys.argv[1:])}`"
         " (its docstring says how the pairs are built):",
         f"{summary['faces']} validation faces, {summary['frontal']} frontal (|yaw| < {FRONTAL_YAW}),"
         f" {summary['side']} side (|yaw| > {SIDE_YAW}); {summary['genuine_pairs']} genuine pairs over"
@@ -127,7 +147,7 @@ def main() -> None:
             for r in rows
         ),
     ]
-    write_with_reading(REPORTS / "pose_pairs.md", lines)
+    write_with_reading(REPORTS / f"{args.out}.md", lines)
 
 
 if __name__ == "__main__":
