@@ -195,7 +195,8 @@ def load_faceset(
             parts["identity"].append(identity[mask])
             parts["source"].append(np.full(int(mask.sum()), name, dtype=object))
             parts["file"].append(np.array([r["file"] for r in accepted], dtype=object)[mask])
-            parts["yaw"].append(np.array([yaw_proxy(r["landmarks"]) for r in accepted], np.float32)[mask])
+            kept = (r for r, keep_it in zip(accepted, mask, strict=True) if keep_it)
+            parts["yaw"].append(np.array([yaw_proxy(r["landmarks"]) for r in kept], np.float32))
     if not parts["crops"]:
         what = f"with {teacher} descriptors " if teacher else ""
         raise RuntimeError(f"no prepared shards {what}under {crops_root}")
